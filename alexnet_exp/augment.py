@@ -1,0 +1,113 @@
+"""Augmentation and input normalisation as batched tensor ops on the training device.
+
+Every random choice is drawn per image from a `torch.Generator`, so a seed fixes the whole stream. Crops and
+flips run on uint8 at the stored resolution (cheap); colour noise, resizing and normalisation in float.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ColorStats:
+    """Per-channel statistics of a training split, pixels scaled to [0, 1]."""
+
+    mean: torch.Tensor  # (3,)
+    std: torch.Tensor  # (3,)
+    eigvals: torch.Tensor  # (3,) of the RGB covariance, ascending
+    eigvecs: torch.Tensor  # (3, 3), columns are eigenvectors
+
+
+def color_stats(images: torch.Tensor, chunk: int = 4096) -> ColorStats:
+    """Mean, std and RGB principal components of uint8 images (N, 3, H, W), accumulated in float64 chunks."""
+    total = torch.zeros(3, dtype=torch.float64, device=images.device)
+    outer = torch.zeros(3, 3, dtype=torch.float64, device=images.device)
+    count = 0
+    for start in range(0, len(images), chunk):
+        px = images[start:start + chunk].to(torch.float64).div_(255).permute(1, 0, 2, 3).reshape(3, -1)
+        total += px.sum(dim=1)
+        outer += px @ px.T
+        count += px.shape[1]
+    mean = total / count
+    cov = outer / count - torch.outer(mean, mean)
+    eigvals, eigvecs = torch.linalg.eigh(cov)
+    std = cov.diagonal().clamp_min(1e-12).sqrt()
+    return ColorStats(mean.float(), std.float(), eigvals.clamp_min(0).float(), eigvecs.float())
+
+
+def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+    """Zero-pad by `padding` and cut a crop of the original size at an independent offset per image."""
+    if padding == 0:
+        return images
+    b, _, h, w = images.shape
+    padded = F.pad(images, (padding, padding, padding, padding))
+    dy = torch.randint(0, 2 * padding + 1, (b,), device=images.device, generator=generator)
+    dx = torch.randint(0, 2 * padding + 1, (b,), device=images.device, generator=generator)
+    rows = (torch.arange(h, device=images.device)[None] + dy[:, None])[:, :, None]  # (B, H, 1)
+    cols = (torch.arange(w, device=images.device)[None] + dx[:, None])[:, None, :]  # (B, 1, W)
+    batch = torch.arange(b, device=images.device)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
+
+
+def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Mirror each image left-right with probability 1/2, drawn per image."""
+    flip = torch.rand(images.shape[0], device=images.device, generator=generator) < 0.5
+    return torch.where(flip[:, None, None, None], images.flip(-1), images)
+
+
+def pca_color(images: torch.Tensor, stats: ColorStats, sigma: float, generator: torch.Generator) -> torch.Tensor:
+    """The paper's colour augmentation: add sum_i alpha_i * lambda_i * p_i to every pixel, alpha ~ N(0, sigma)
+    drawn per image. `images` are floats in [0, 1]."""
+    alpha = torch.randn(images.shape[0], 3, device=images.device, generator=generator) * sigma
+    shift = (alpha * stats.eigvals.to(images.device)) @ stats.eigvecs.to(images.device).T  # (B, 3)
+    return images + shift[:, :, None, None]
+
+
+class BatchAugmenter:
+    """Turns uint8 batches into model inputs: augmented for training, resized and normalised only for eval."""
+
+    def __init__(self, *, stats: ColorStats, input_size: int, crop_padding: int = 0, flip: bool = False,
+                 pca_sigma: float = 0.0, normalize: str = "dataset"):
+        if normalize not in ("none", "dataset", "imagenet"):
+            raise ValueError(f"normalize={normalize!r}; valid: none, dataset, imagenet")
+        self.stats = stats
+        self.input_size = input_size
+        self.crop_padding = crop_padding
+        self.flip = flip
+        self.pca_sigma = pca_sigma
+        self.normalize = normalize
+        if normalize == "dataset":
+            mean, std = stats.mean, stats.std
+        elif normalize == "imagenet":
+            mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+        else:
+            mean, std = torch.zeros(3), torch.ones(3)
+        self._mean = mean.view(1, 3, 1, 1)
+        self._std = std.view(1, 3, 1, 1)
+
+    def _finish(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
+        if self.normalize != "none":
+            x = (x - self._mean.to(x.device)) / self._std.to(x.device)
+        return x
+
+    def train(self, images: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+        if self.crop_padding:
+            images = random_crop(images, self.crop_padding, generator)
+        if self.flip:
+            images = random_flip(images, generator)
+        x = images.float().div_(255)
+        if self.pca_sigma > 0:
+            x = pca_color(x, self.stats, self.pca_sigma, generator)
+        return self._finish(x)
+
+    def eval(self, images: torch.Tensor) -> torch.Tensor:
+        return self._finish(images.float().div_(255))

@@ -1,0 +1,350 @@
+"""Run configuration: YAML -> validated, immutable objects.
+
+Precedence is defaults < YAML < ``--set key=value`` overrides. Every problem in a file is reported at once,
+each with its dotted path (``train.lr``), before any work starts.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid. ``errors`` holds one line per problem."""
+
+    def __init__(self, source: str, errors: list[str]):
+        self.source = source
+        self.errors = errors
+        super().__init__(f"{source}: {len(errors)} problem(s)\n" + "\n".join(f"  - {e}" for e in errors))
+
+
+# PyYAML follows YAML 1.1, where `1e-4` (no dot) is a string. Readers of a config mean a number.
+_FLOAT_RE = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    pass
+
+
+_ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-+0123456789."))
+
+
+def parse_yaml(text: str) -> Any:
+    """Parse YAML with `1e-4` read as a float, as a person writing a config means it."""
+    return yaml.load(text, Loader=_ConfigLoader)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    dataset: Literal["cifar10", "cifar100", "synthetic", "digits"] = "synthetic"
+    root: str = "data"  # folder holding cifar-10-batches-py/, cifar-100-python/ or their .tar.gz
+    download: bool = True  # fetch CIFAR with torchvision's downloader when missing
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)  # share of the training set held out for validation
+    split_seed: int = 0  # seed of the stratified train/validation split
+    max_train: Optional[int] = Field(None, ge=1)  # stratified subset of the training split (smoke runs)
+    max_val: Optional[int] = Field(None, ge=1)  # stratified subset of the validation split
+    synthetic_classes: int = Field(10, ge=2, le=1000)  # synthetic only: number of classes
+    synthetic_train_size: int = Field(5000, ge=10)  # synthetic only: training images before the split
+    synthetic_test_size: int = Field(1000, ge=10)  # synthetic only: held-out test images
+
+
+class ModelConfig(_Section):
+    arch: Literal["alexnet", "alexnet_cifar"] = "alexnet_cifar"  # alexnet = paper net at 227x227
+    norm: Literal["lrn", "batchnorm", "none"] = "lrn"  # lrn after conv1/conv2 as in the paper; BN after every conv
+    groups: Literal[1, 2] = 1  # 2 reproduces the paper's two-GPU split with grouped convolutions
+    dropout: float = Field(0.5, ge=0.0, lt=1.0)  # before each hidden fully connected layer
+    width: float = Field(1.0, gt=0.0, le=4.0)  # channel/unit multiplier; 0.25 makes CPU tests fast
+    init: Literal["paper", "kaiming"] = "kaiming"  # paper: N(0, 0.01), bias 1 in conv2/4/5 and FC layers
+
+
+class AugmentConfig(_Section):
+    crop: bool = True  # padded random crop at the stored resolution
+    crop_padding: int = Field(4, ge=0, le=16)  # pixels of zero padding on each side before cropping
+    flip: bool = True  # random horizontal flip, drawn per image
+    pca_color: float = Field(0.0, ge=0.0, le=1.0)  # sigma of the paper's PCA colour noise (paper: 0.1); 0 = off
+    normalize: Literal["none", "dataset", "imagenet"] = "dataset"  # dataset = training split's mean/std
+    input_size: Optional[int] = Field(None, ge=16, le=512)  # resize target; default: the architecture's own
+
+
+class TrainConfig(_Section):
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.01, gt=0.0, le=10.0)  # peak learning rate
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)  # sgd only; 0 reproduces the CIFAR-100 document
+    nesterov: bool = False  # sgd only; needs momentum > 0
+    weight_decay: float = Field(5e-4, ge=0.0, le=1.0)  # L2 (sgd/adam) or decoupled (adamw)
+    batch_size: int = Field(128, ge=1, le=65536)
+    epochs: int = Field(10, ge=1, le=10000)
+    schedule: Literal["none", "step", "plateau", "cosine", "onecycle"] = "none"
+    step_epochs: int = Field(10, ge=1)  # step: epochs between divisions
+    lr_factor: float = Field(0.1, gt=0.0, lt=1.0)  # step/plateau: multiplier at each division (paper: 0.1)
+    plateau_patience: int = Field(2, ge=0)  # plateau: epochs without validation-error improvement
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    seed: int = 0  # model init, shuffling and augmentation
+    device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps
+    eval_batch_size: int = Field(1024, ge=1)
+    stall_epochs: int = Field(3, ge=1)  # epochs at chance before a run is ended as `stalled`
+    loss_every_steps: int = Field(10, ge=1)  # sample the per-step training loss every N steps
+    compile: bool = False  # torch.compile the model (CUDA only; pays off on long trials)
+
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self):
+        if self.optimizer == "sgd" and self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov: true needs momentum > 0 (set train.momentum or nesterov: false)")
+        if self.device != "auto" and not re.fullmatch(r"cpu|mps|cuda(:\d+)?", self.device):
+            raise ValueError(f"device: {self.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
+        return self
+
+
+# ---- sweep sections (read by space.py / sweep.py) --------------------------------------------------------
+
+class FloatParam(_Section):
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+    step: Optional[float] = Field(None, gt=0)
+    when: dict[str, Any] = {}  # sample only when these parameters have these values
+
+    @model_validator(mode="after")
+    def _range(self):
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) > high ({self.high}): swap them")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log: true needs low > 0 (got {self.low})")
+        if self.log and self.step is not None:
+            raise ValueError("step and log: true cannot be combined")
+        return self
+
+
+class IntParam(_Section):
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+    step: int = Field(1, ge=1)
+    when: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _range(self):
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) > high ({self.high}): swap them")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log: true needs low > 0 (got {self.low})")
+        return self
+
+
+class CategoricalParam(_Section):
+    type: Literal["categorical"]
+    choices: list[Union[bool, int, float, str, None]] = Field(min_length=1)
+    when: dict[str, Any] = {}
+
+
+SpaceParam = Annotated[Union[FloatParam, IntParam, CategoricalParam], Field(discriminator="type")]
+
+SAMPLERS = ("tpe", "random", "grid", "gp", "cmaes", "qmc")
+PRUNERS = ("median", "percentile", "successive_halving", "hyperband", "none")
+
+
+class StudyConfig(_Section):
+    name: str = Field("alexnet", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # also the folder under sweeps/
+    metric: Literal["val_accuracy", "val_macro_f1"] = "val_accuracy"  # objective, on the validation split
+    direction: Literal["maximize", "minimize"] = "maximize"
+    n_trials: int = Field(20, ge=1)  # global budget of finished (complete or pruned) trials
+    timeout: Optional[float] = Field(None, gt=0)  # seconds; stop starting new trials after this
+    sampler: Literal[SAMPLERS] = "tpe"  # type: ignore[valid-type]
+    sampler_options: dict[str, Any] = {}  # keyword arguments of the Optuna sampler
+    pruner: Literal[PRUNERS] = "median"  # type: ignore[valid-type]
+    pruner_options: dict[str, Any] = {}  # keyword arguments of the Optuna pruner
+    seed: Optional[int] = 0  # sampler seed
+    storage: Optional[str] = None  # Optuna storage URL; default sqlite under sweeps/<name>/
+    tracking_uri: Optional[str] = None  # MLflow; default MLFLOW_TRACKING_URI or MLflow's own default
+    experiment: Optional[str] = None  # MLflow experiment name; default the study name
+
+
+class RunConfig(_Section):
+    """One YAML file: what to train, and for a sweep, what to sample."""
+
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    augment: AugmentConfig = AugmentConfig()
+    train: TrainConfig = TrainConfig()
+    study: StudyConfig = StudyConfig()
+    space: dict[str, SpaceParam] = {}  # dotted path (train.lr) -> distribution
+    baselines: list[dict[str, Any]] = []  # exact configurations enqueued before sampling
+
+    def with_values(self, values: dict[str, Any]) -> "RunConfig":
+        """A copy with dotted-path values set (sampled or baseline parameters), validated again."""
+        raw = self.model_dump()
+        for path, value in values.items():
+            _set_path(raw, path, value)
+        return _validate(raw, "sampled values")
+
+    def flat(self) -> dict[str, Any]:
+        """The training-relevant values as dotted keys (what is logged as run parameters)."""
+        out: dict[str, Any] = {}
+        for section in TRAINING_SECTIONS:
+            for key, value in getattr(self, section).model_dump().items():
+                out[f"{section}.{key}"] = value
+        return out
+
+
+TRAINING_SECTIONS = ("data", "model", "augment", "train")
+_SECTION_TYPES = {name: RunConfig.model_fields[name].annotation for name in TRAINING_SECTIONS}
+
+
+def _valid_keys(model_type: type[BaseModel]) -> list[str]:
+    return list(model_type.model_fields)
+
+
+def _set_path(raw: dict, path: str, value: Any) -> None:
+    node = raw
+    *parents, leaf = path.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError("override", [f"{path}: {part} is not a section"])
+    node[leaf] = value
+
+
+def _suggest(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _format_error(err: dict) -> str:
+    loc = [str(p) for p in err["loc"]]
+    # Union members of the space entries add their tag to the location ("float"); drop it.
+    if len(loc) >= 3 and loc[0] == "space" and loc[2] in ("float", "int", "categorical", "function-after[_range()]"):
+        loc.pop(2)
+    loc = [p for p in loc if not p.startswith("function-after")]
+    path = ".".join(loc) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        parent_type = _type_at(loc[:-1])
+        valid = _valid_keys(parent_type) if parent_type else []
+        hint = _suggest(loc[-1], valid)
+        return f"{path}: unknown key{hint}; valid keys here: {', '.join(valid)}"
+    msg = err["msg"].removeprefix("Value error, ")
+    if "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], dict):
+        msg += f" (got {err['input']!r})"
+    return f"{path}: {msg}"
+
+
+def _type_at(loc: list[str]) -> Optional[type[BaseModel]]:
+    if not loc:
+        return RunConfig
+    if len(loc) == 1 and loc[0] in _SECTION_TYPES:
+        return _SECTION_TYPES[loc[0]]
+    if len(loc) == 1 and loc[0] == "study":
+        return StudyConfig
+    if len(loc) == 2 and loc[0] == "space":
+        return FloatParam
+    return None
+
+
+def _validate(raw: Any, source: str) -> RunConfig:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(source, [f"(top level): expected a mapping of sections, got {type(raw).__name__}"])
+    valid = list(RunConfig.model_fields)
+    errors = [f"{key}: unknown section{_suggest(str(key), valid)}; valid: {', '.join(valid)}"
+              for key in raw if key not in valid]
+    try:
+        config = RunConfig.model_validate({k: v for k, v in raw.items() if k in valid})
+    except ValidationError as exc:
+        raise ConfigError(source, errors + [_format_error(e) for e in exc.errors()]) from None
+    errors += _check_space(config) + _check_baselines(config)
+    if errors:
+        raise ConfigError(source, errors)
+    return config
+
+
+def _check_value(path: str, value: Any) -> Optional[str]:
+    """Does `value` validate at the dotted training-config `path`? Returns the problem or None."""
+    section, _, key = path.partition(".")
+    model_type = _SECTION_TYPES.get(section)
+    if model_type is None or key not in model_type.model_fields:
+        options = [f"{s}.{k}" for s, t in _SECTION_TYPES.items() for k in t.model_fields]
+        return f"{path!r} is not a training parameter{_suggest(path, options)}"
+    try:
+        model_type.model_validate({key: value})
+    except ValidationError as exc:
+        return exc.errors()[0]["msg"].removeprefix("Value error, ") + f" (got {value!r})"
+    return None
+
+
+def _check_space(config: RunConfig) -> list[str]:
+    errors = []
+    for path, param in config.space.items():
+        probes = param.choices if isinstance(param, CategoricalParam) else [param.low, param.high]
+        for probe in probes:
+            problem = _check_value(path, probe)
+            if problem:
+                errors.append(f"space.{path}: {problem}")
+                break
+        for cond_path, cond_value in param.when.items():
+            if cond_path not in config.space:
+                errors.append(f"space.{path}.when: {cond_path!r} is not a sampled parameter of this space")
+            elif cond_path == path:
+                errors.append(f"space.{path}.when: a parameter cannot depend on itself")
+            else:
+                cond = config.space[cond_path]
+                allowed = cond_value if isinstance(cond_value, list) else [cond_value]
+                if isinstance(cond, CategoricalParam) and any(v not in cond.choices for v in allowed):
+                    errors.append(f"space.{path}.when: {cond_value!r} is not among {cond_path}'s choices {cond.choices}")
+    return errors
+
+
+def _check_baselines(config: RunConfig) -> list[str]:
+    errors = []
+    for i, baseline in enumerate(config.baselines):
+        for path, value in baseline.items():
+            if path == "name":
+                continue
+            problem = _check_value(path, value)
+            if problem:
+                errors.append(f"baselines[{i}].{path}: {problem}")
+    return errors
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`train.lr=1e-3` -> ("train.lr", 0.001); the value is read as YAML."""
+    if "=" not in text:
+        raise ConfigError("--set", [f"{text!r}: expected key=value, e.g. train.lr=0.01"])
+    key, _, value = text.partition("=")
+    return key.strip(), parse_yaml(value) if value.strip() else None
+
+
+def load_config(path: Union[str, Path], overrides: Optional[list[str]] = None) -> RunConfig:
+    """Read and validate a YAML config; `overrides` are `key=value` strings applied on top."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(str(path), [f"no such file; the shipped configs are in search_spaces/"])
+    try:
+        raw = parse_yaml(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), [f"not valid YAML: {exc}"]) from None
+    raw = copy.deepcopy(raw) if raw is not None else {}
+    if not isinstance(raw, dict):
+        raise ConfigError(str(path), [f"(top level): expected a mapping of sections, got {type(raw).__name__}"])
+    for text in overrides or []:
+        key, value = parse_override(text)
+        _set_path(raw, key, value)
+    return _validate(raw, str(path))
+
+
+def config_from_dict(raw: dict, source: str = "config") -> RunConfig:
+    return _validate(copy.deepcopy(raw), source)
+
+
+def dump_config(config: RunConfig) -> str:
+    return yaml.safe_dump(config.model_dump(), sort_keys=False)

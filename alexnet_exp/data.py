@@ -1,0 +1,295 @@
+"""Datasets as uint8 tensors (N, 3, H, W) with int64 labels, split into train / validation / held-out test.
+
+The official test split is only ever evaluated once, on the best trial, by the sweep; nothing here or in
+training chooses anything with it. The validation split is carved from the training set, stratified and seeded.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import pickle
+import tarfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+
+class DataError(RuntimeError):
+    """A dataset cannot be loaded; the message names the file and what to do."""
+
+
+@dataclass(frozen=True)
+class ImageData:
+    name: str
+    class_names: list[str]
+    train_x: torch.Tensor  # uint8 (N, 3, H, W)
+    train_y: torch.Tensor  # int64 (N,)
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def to(self, device: torch.device) -> "ImageData":
+        moved = {k: getattr(self, k).to(device) for k in
+                 ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")}
+        return replace(self, **moved)
+
+    def describe(self) -> str:
+        return (f"{self.name}: {len(self.train_y)} train / {len(self.val_y)} val / {len(self.test_y)} test, "
+                f"{self.num_classes} classes, {tuple(self.train_x.shape[1:])}")
+
+
+# ---- splits ---------------------------------------------------------------------------------------------
+
+def stratified_split(labels: np.ndarray, holdout: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices into (kept, held out) with `holdout` items, each class in proportion (largest remainder)."""
+    labels = np.asarray(labels)
+    n = len(labels)
+    if not 0 < holdout < n:
+        raise DataError(f"cannot hold out {holdout} of {n} images")
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = counts * holdout / n
+    quota = np.floor(exact).astype(int)
+    # Hand out the remaining places to the classes with the largest remainders; ties broken by the seed.
+    order = np.lexsort((rng.random(len(classes)), -(exact - quota)))
+    quota[order[: holdout - quota.sum()]] += 1
+    kept, held = [], []
+    for cls, q in zip(classes, quota):
+        idx = rng.permutation(np.flatnonzero(labels == cls))
+        held.append(idx[:q])
+        kept.append(idx[q:])
+    return np.sort(np.concatenate(kept)), np.sort(np.concatenate(held))
+
+
+def _subset(x: np.ndarray, y: np.ndarray, size: Optional[int], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    if size is None or size >= len(y):
+        return x, y
+    _, chosen = stratified_split(y, size, seed)
+    return x[chosen], y[chosen]
+
+
+# ---- CIFAR in the official python layout -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CifarLayout:
+    folder: str
+    archive: str
+    url: str
+    train_files: tuple[str, ...]
+    test_files: tuple[str, ...]
+    meta_file: str
+    label_key: bytes
+    names_key: bytes
+
+
+def _layouts() -> dict[str, CifarLayout]:
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    return {
+        "cifar10": CifarLayout(CIFAR10.base_folder, CIFAR10.filename, CIFAR10.url,
+                               tuple(f for f, _ in CIFAR10.train_list), tuple(f for f, _ in CIFAR10.test_list),
+                               CIFAR10.meta["filename"], b"labels", b"label_names"),
+        "cifar100": CifarLayout(CIFAR100.base_folder, CIFAR100.filename, CIFAR100.url,
+                                tuple(f for f, _ in CIFAR100.train_list), tuple(f for f, _ in CIFAR100.test_list),
+                                CIFAR100.meta["filename"], b"fine_labels", b"fine_label_names"),
+    }
+
+
+def official_checksums(variant: str) -> dict[str, str]:
+    """md5 of every official file, keyed by file name (the archive's name included), from torchvision."""
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    cls = {"cifar10": CIFAR10, "cifar100": CIFAR100}[variant]
+    sums = {f: md5 for f, md5 in cls.train_list + cls.test_list}
+    sums[cls.meta["filename"]] = cls.meta["md5"]
+    sums[cls.filename] = cls.tgz_md5
+    return sums
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """The CIFAR files are pickles: allow only what they contain (numpy arrays), nothing executable."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+                ("numpy._core.multiarray", "scalar")}
+
+    def find_class(self, module, name):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"unexpected object {module}.{name}")
+
+
+def _read_pickle(path: Path, expected_md5: Optional[str]) -> dict:
+    if expected_md5 is not None:
+        actual = _md5(path)
+        if actual != expected_md5:
+            raise DataError(f"{path}: md5 {actual} does not match the expected {expected_md5}; the file is corrupt "
+                            f"or truncated. Delete it (or the whole folder) and download it again.")
+    try:
+        with open(path, "rb") as fh:
+            return _CifarUnpickler(fh, encoding="bytes").load()
+    except Exception as exc:  # a truncated or foreign file: refuse it whole, with its name
+        raise DataError(f"{path}: not a readable CIFAR batch ({type(exc).__name__}: {exc}); "
+                        f"delete it and download it again.") from None
+
+
+def _read_images(path: Path, record: dict, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    data, labels = record.get(b"data"), record.get(label_key)
+    if data is None or labels is None:
+        raise DataError(f"{path}: missing {b'data'!r} or {label_key!r}; is this the right CIFAR variant?")
+    data = np.asarray(data, dtype=np.uint8)
+    labels = np.asarray(labels, dtype=np.int64)
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
+        raise DataError(f"{path}: expected (N, 3072) images and N labels, got {data.shape} and {labels.shape}")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def _locate_cifar(layout: CifarLayout, root: Path, download: bool, checksums: dict[str, Optional[str]]) -> Path:
+    folder = root / layout.folder
+    if folder.is_dir():
+        return folder
+    archive = root / layout.archive
+    if not archive.is_file() and download:
+        from torchvision.datasets.utils import download_url
+
+        try:
+            download_url(layout.url, str(root), layout.archive, checksums.get(layout.archive))
+        except Exception as exc:
+            raise DataError(
+                f"{layout.folder} is not in {root}/ and the download from {layout.url} failed "
+                f"({type(exc).__name__}: {exc}). Offline? Copy {layout.archive} (or its extracted folder "
+                f"{layout.folder}/) into {root}/, or set data.root to where it is.") from None
+    if not archive.is_file():
+        raise DataError(f"{layout.folder} is not in {root}/ (nor {layout.archive}). Copy the official python "
+                        f"version there, set data.root to where it is, or set data.download: true.")
+    expected = checksums.get(layout.archive)
+    if expected is not None and _md5(archive) != expected:
+        raise DataError(f"{archive}: md5 does not match {expected}; the archive is corrupt or truncated. "
+                        f"Delete it and download it again.")
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            tar.extractall(root, filter="data")
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise DataError(f"{archive}: cannot be extracted ({exc}); delete it and download it again.") from None
+    if not folder.is_dir():
+        raise DataError(f"{archive}: holds no {layout.folder}/ folder; is it the python version of the dataset?")
+    return folder
+
+
+def load_cifar(variant: str, root: str | Path, download: bool = False,
+               checksums: Optional[dict[str, Optional[str]]] = None):
+    """Read CIFAR-10/100 from the official python layout: ((train_x, train_y), (test_x, test_y), names).
+
+    Every file is md5-checked against `checksums` (default: the official sums) before it is read, so a
+    corrupt file is refused with its name and nothing is half-loaded.
+    """
+    layout = _layouts()[variant]
+    checksums = official_checksums(variant) if checksums is None else checksums
+    folder = _locate_cifar(layout, Path(root), download, checksums)
+
+    def read(files):
+        parts = []
+        for name in files:
+            path = folder / name
+            if not path.is_file():
+                raise DataError(f"{path}: missing; the {layout.folder}/ folder is incomplete. Delete it and "
+                                f"extract {layout.archive} again.")
+            parts.append(_read_images(path, _read_pickle(path, checksums.get(name)), layout.label_key))
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    train, test = read(layout.train_files), read(layout.test_files)
+    meta_path = folder / layout.meta_file
+    meta = _read_pickle(meta_path, checksums.get(layout.meta_file)) if meta_path.is_file() else {}
+    names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta.get(layout.names_key, [])]
+    n_classes = int(max(train[1].max(), test[1].max())) + 1
+    if len(names) < n_classes:
+        names = [f"class_{i}" for i in range(n_classes)]
+    return train, test, names
+
+
+# ---- offline datasets --------------------------------------------------------------------------------------
+
+def make_synthetic(n: int, num_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Class-conditional procedural images of CIFAR's shape.
+
+    Each class is an oriented grating (orientation x frequency grid). Phase, colours, contrast, position jitter
+    and noise are drawn per image, so the class mean image is flat: a linear model on raw pixels sits near
+    chance, while conv + ReLU + pooling (orientation/frequency energy) learns it.
+    """
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % num_classes
+    rng.shuffle(labels)
+    n_orient = math.ceil(math.sqrt(num_classes))
+    n_freq = math.ceil(num_classes / n_orient)
+    orient = np.pi * (labels % n_orient) / n_orient
+    freq = 2.0 + 9.0 * (labels // n_orient) / max(n_freq - 1, 1)  # cycles per image
+    orient = orient + rng.normal(0, 0.08 * np.pi / n_orient, n)
+    freq = freq * (1 + rng.normal(0, 0.03, n))
+    phase = rng.uniform(0, 2 * np.pi, n)
+    contrast = rng.uniform(0.25, 0.45, n)
+    fg = rng.uniform(0.0, 1.0, (n, 3))
+    bg = rng.uniform(0.2, 0.8, (n, 3))
+    grid = (np.arange(32) + 0.5) / 32
+    yy, xx = np.meshgrid(grid, grid, indexing="ij")
+    images = np.empty((n, 3, 32, 32), dtype=np.uint8)
+    for start in range(0, n, 4096):  # bounded memory for large n
+        s = slice(start, min(start + 4096, n))
+        proj = xx[None] * np.cos(orient[s])[:, None, None] + yy[None] * np.sin(orient[s])[:, None, None]
+        wave = np.sin(2 * np.pi * freq[s][:, None, None] * proj + phase[s][:, None, None])
+        img = bg[s][:, :, None, None] + (contrast[s][:, None, None] * wave)[:, None] * (fg[s] - 0.5)[:, :, None, None] * 2
+        img = img + rng.normal(0, 0.06, img.shape)
+        images[s] = np.clip(img * 255, 0, 255).round().astype(np.uint8)
+    return images, labels.astype(np.int64)
+
+
+def _load_digits():
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = torch.from_numpy(digits.images.astype(np.float32) / 16.0)[:, None]  # (N, 1, 8, 8) in [0, 1]
+    x = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
+    x = (x.clamp(0, 1) * 255).round().to(torch.uint8).expand(-1, 3, -1, -1).numpy().copy()
+    y = digits.target.astype(np.int64)
+    # The bundled digits have no official test split: hold out a fixed, stratified 20% that never changes.
+    train_idx, test_idx = stratified_split(y, len(y) // 5, seed=2012)
+    return (x[train_idx], y[train_idx]), (x[test_idx], y[test_idx]), [str(d) for d in range(10)]
+
+
+def load_dataset(dataset: str, root: str = "data", download: bool = False, val_fraction: float = 0.1,
+                 split_seed: int = 0, max_train: Optional[int] = None, max_val: Optional[int] = None,
+                 synthetic_classes: int = 10, synthetic_train_size: int = 5000, synthetic_test_size: int = 1000,
+                 checksums: Optional[dict[str, Optional[str]]] = None) -> ImageData:
+    """Load a dataset on the CPU (call `.to(device)` to move it) with its validation split."""
+    if dataset in ("cifar10", "cifar100"):
+        (tx, ty), (sx, sy), names = load_cifar(dataset, root, download, checksums)
+    elif dataset == "synthetic":
+        tx, ty = make_synthetic(synthetic_train_size, synthetic_classes, seed=0)
+        sx, sy = make_synthetic(synthetic_test_size, synthetic_classes, seed=1)
+        n_orient = math.ceil(math.sqrt(synthetic_classes))
+        names = [f"o{c % n_orient}_f{c // n_orient}" for c in range(synthetic_classes)]
+    elif dataset == "digits":
+        (tx, ty), (sx, sy), names = _load_digits()
+    else:
+        raise DataError(f"unknown dataset {dataset!r}; valid: cifar10, cifar100, synthetic, digits")
+    keep, held = stratified_split(ty, max(1, round(len(ty) * val_fraction)), split_seed)
+    train_x, train_y = _subset(tx[keep], ty[keep], max_train, split_seed)
+    val_x, val_y = _subset(tx[held], ty[held], max_val, split_seed)
+    as_t = torch.from_numpy
+    return ImageData(dataset, names, as_t(np.ascontiguousarray(train_x)), as_t(train_y),
+                     as_t(np.ascontiguousarray(val_x)), as_t(val_y), as_t(np.ascontiguousarray(sx)), as_t(sy))
