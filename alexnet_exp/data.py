@@ -127,7 +127,8 @@ class _CifarUnpickler(pickle.Unpickler):
 
     _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                 ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-                ("numpy._core.multiarray", "scalar")}
+                ("numpy._core.multiarray", "scalar"),
+                ("_codecs", "encode")}  # how Python 3 writes bytes into a protocol-2 pickle
 
     def find_class(self, module, name):
         if (module, name) in self._ALLOWED:

@@ -1,0 +1,28 @@
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "alexnet_exp.train", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_smoke_config_trains_and_prints_a_table():
+    proc = run_cli("search_spaces/smoke.yaml", "--quiet", "--test", "--set", "train.epochs=2",
+                   "--set", "data.synthetic_train_size=600", "--set", "model.width=0.25")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["epoch", "train_loss"])
+    assert [line.split()[0] for line in lines[header + 1:header + 3]] == ["1", "2"]
+    assert "held-out test: accuracy" in proc.stdout
+
+
+def test_bad_config_fails_before_any_work(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  lr: fast\n  batchsize: 32\n")
+    proc = run_cli(str(bad))
+    assert proc.returncode == 2
+    assert "train.lr" in proc.stderr and "train.batchsize" in proc.stderr and "batch_size" in proc.stderr
+    assert "epoch" not in proc.stdout  # nothing trained
