@@ -35,7 +35,7 @@ def per_class(confusion: torch.Tensor) -> PerClass:
 
 def accuracy(confusion: torch.Tensor) -> float:
     total = confusion.sum()
-    return float(confusion.diagonal().sum() / total) if total > 0 else 0.0
+    return int(confusion.diagonal().sum()) / int(total) if total > 0 else 0.0
 
 
 def macro_f1(confusion: torch.Tensor) -> float:

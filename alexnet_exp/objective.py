@@ -1,0 +1,189 @@
+"""One trial: sample values -> resolved config -> train -> MLflow child run -> Optuna verdict.
+
+Every outcome is recorded with its reason: complete (value), pruned (epoch), failed (diverged, stalled,
+invalid, out_of_memory, error). A failure ends the trial, never the sweep.
+"""
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import os
+import tempfile
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import optuna
+import torch
+
+from .config import ConfigError, RunConfig, dump_config
+from .pipeline import DataCache, input_size, make_augmenter, make_model, train_run
+from .plots import confusion_png
+from .progress import SweepProgress
+from .space import suggest
+from .tracking import Tracker
+from .train import EpochMetrics, evaluate
+
+# Failures that are a verdict on the hyperparameters (they count toward the trial budget); any other
+# failure (an exception, a killed worker) is not, and the budget is made up by later trials.
+VERDICT_FAILURES = ("diverged", "stalled", "invalid", "out_of_memory")
+
+
+class TrialFailed(Exception):
+    def __init__(self, kind: str, reason: str):
+        self.kind, self.reason = kind, reason
+        super().__init__(f"{kind}: {reason}")
+
+
+@dataclass
+class TrialContext:
+    base: RunConfig
+    tracker: Tracker
+    parent_run_id: str
+    cache: DataCache
+    weights_dir: Path
+    progress: SweepProgress
+    run_tags: dict[str, Any] = field(default_factory=dict)  # study, sampler, device, git commit
+
+    @property
+    def metric(self) -> str:
+        return self.base.study.metric
+
+
+def data_digest(config: RunConfig) -> str:
+    return hashlib.sha256(json.dumps(config.data.model_dump(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def save_weights_atomically(model: torch.nn.Module, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    os.replace(tmp, path)
+
+
+def weights_path(weights_dir: Path, number: int) -> Path:
+    return weights_dir / f"trial_{number:05d}.pt"
+
+
+def _best_value(study: optuna.Study) -> Optional[float]:
+    try:
+        return study.best_value
+    except ValueError:  # no complete trial yet
+        return None
+
+
+def _is_better(study: optuna.Study, value: float, best: Optional[float]) -> bool:
+    if best is None:
+        return True
+    return value >= best if study.direction == optuna.study.StudyDirection.MAXIMIZE else value <= best
+
+
+def _release_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _log_evaluation(ctx: TrialContext, run_id: str, result, class_names: list[str]) -> None:
+    cm = result.confusion.numpy()
+    header = ",".join(["true\\pred"] + class_names)
+    rows = [",".join([name] + [str(v) for v in row]) for name, row in zip(class_names, cm)]
+    ctx.tracker.log_text(run_id, "\n".join([header] + rows) + "\n", "evaluation/confusion_matrix.csv")
+    pc = result.per_class
+    lines = ["class,precision,recall,f1,support"] + [
+        f"{n},{p:.6f},{r:.6f},{f:.6f},{s}" for n, p, r, f, s in zip(class_names, pc.precision, pc.recall, pc.f1,
+                                                                      pc.support)]
+    ctx.tracker.log_text(run_id, "\n".join(lines) + "\n", "evaluation/per_class.csv")
+    with tempfile.TemporaryDirectory() as tmp:
+        png = confusion_png(cm, class_names, Path(tmp) / "confusion_matrix.png",
+                            title="validation confusion matrix (rows sum to 1)")
+        ctx.tracker.log_file(run_id, png, "evaluation")
+
+
+def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float:
+    fixed = json.loads(trial.user_attrs.get("fixed", "{}"))  # a baseline's exact values
+    values = suggest(trial, ctx.base.space, fixed)
+    trial.set_user_attr("values", json.dumps(values))
+    ctx.progress.trial_started(trial.number, values)
+    tags = {**ctx.run_tags, "trial": trial.number, "state": "RUNNING",
+            "baseline": trial.user_attrs.get("baseline", "")}
+    try:
+        config = ctx.base.with_values(values)
+    except ConfigError as exc:
+        run_id = ctx.tracker.start_trial(ctx.parent_run_id, f"trial-{trial.number}", values, tags)
+        return _fail(trial, ctx, run_id, "invalid", "; ".join(exc.errors))
+    tags.update(dataset=config.data.dataset, model=config.model.arch)
+    run_id = ctx.tracker.start_trial(ctx.parent_run_id, f"trial-{trial.number}", config.flat(), tags)
+    trial.set_user_attr("mlflow_run_id", run_id)
+    ctx.tracker.log_text(run_id, dump_config(config), "config.yaml")
+
+    def on_epoch(m: EpochMetrics) -> None:
+        value = getattr(m, ctx.metric)
+        ctx.tracker.log_metrics(run_id, m.scalars(), m.epoch, [("train_loss_step", s, v) for s, v in m.step_losses])
+        trial.set_user_attr("epochs_run", m.epoch)
+        trial.report(value, m.epoch)
+        ctx.progress.epoch(trial.number, m.epoch, value)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at epoch {m.epoch}")
+
+    model = None
+    try:
+        data, stats = ctx.cache.get(config.data)
+        ctx.tracker.log_dataset(run_id, config.data.dataset, data_digest(config), config.data.root
+                                if config.data.dataset.startswith("cifar") else config.data.dataset,
+                                json.dumps({"train": len(data.train_y), "val": len(data.val_y),
+                                            "classes": data.num_classes}))
+        model, result = train_run(config, ctx.cache, on_epoch=on_epoch)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM on the launcher: Optuna fails the trial, MLflow must too
+        ctx.tracker.finish(run_id, "FAILED", {"state": "FAIL", "fail_kind": "interrupted",
+                                              "fail_reason": "interrupted (Ctrl-C or SIGTERM)"})
+        raise
+    except optuna.TrialPruned:
+        epoch = trial.user_attrs.get("epochs_run", 0)
+        trial.set_user_attr("pruned_at_epoch", epoch)
+        ctx.tracker.finish(run_id, "KILLED", {"state": "PRUNED", "pruned_at_epoch": epoch})
+        raise
+    except torch.cuda.OutOfMemoryError as exc:
+        del model
+        _release_memory()
+        return _fail(trial, ctx, run_id, "out_of_memory", str(exc).splitlines()[0])
+    except Exception as exc:  # any other error ends this trial only; its traceback goes to its run
+        ctx.tracker.log_text(run_id, traceback.format_exc(), "error.txt")
+        del model
+        _release_memory()
+        return _fail(trial, ctx, run_id, "error", f"{type(exc).__name__}: {exc}")
+    if result.status != "completed":
+        return _fail(trial, ctx, run_id, result.status, result.reason)
+
+    augmenter = make_augmenter(config.augment, stats, input_size(config.model, config.augment))
+    final = evaluate(model, data.val_x, data.val_y, augmenter, data.num_classes, config.train.eval_batch_size)
+    value = final.accuracy if ctx.metric == "val_accuracy" else final.macro_f1
+    _log_evaluation(ctx, run_id, final, data.class_names)
+    study = trial.study
+    if _is_better(study, value, _best_value(study)):
+        save_weights_atomically(model, weights_path(ctx.weights_dir, trial.number))
+    ctx.tracker.finish(run_id, "FINISHED", {"state": "COMPLETE"})
+    return value
+
+
+def _fail(trial: optuna.Trial, ctx: TrialContext, run_id: str, kind: str, reason: str):
+    trial.set_user_attr("fail_kind", kind)
+    trial.set_user_attr("fail_reason", reason)
+    ctx.tracker.finish(run_id, "FAILED", {"state": "FAIL", "fail_kind": kind, "fail_reason": reason})
+    raise TrialFailed(kind, reason)
+
+
+def evaluate_on_test(config: RunConfig, cache: DataCache, weights: Path):
+    """Evaluate saved weights once on the held-out test split (only ever for the chosen best trial)."""
+    data, stats = cache.get(config.data)
+    size = input_size(config.model, config.augment)
+    model = make_model(config.model, data.num_classes, size, config.train.seed)
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    model.to(data.test_x.device)
+    result = evaluate(model, data.test_x, data.test_y, make_augmenter(config.augment, stats, size),
+                      data.num_classes, config.train.eval_batch_size)
+    return model, result
+

@@ -1,0 +1,141 @@
+"""The only writer to MLflow: one experiment per study, one parent run per study, one child run per trial.
+
+Uses `MlflowClient` with explicit run ids (no fluent "active run" state), so a worker can hold runs of
+different trials without one leaking into the other. Logging is batched: one call per epoch.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable, Optional
+from urllib.parse import urlparse
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
+
+MAX_BATCH = 900  # MLflow accepts at most 1000 metrics in one log_batch call
+ROLE_TAG = "role"
+
+
+def resolve_tracking_uri(configured: Optional[str]) -> str:
+    """Flag or YAML, else MLFLOW_TRACKING_URI, else MLflow's own default (sqlite:///mlflow.db in this folder)."""
+    if configured:
+        return configured
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return mlflow.get_tracking_uri()
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _text(value: Any) -> str:
+    return str(value)[:6000]  # MLflow's limit on a param/tag value
+
+
+class Tracker:
+    def __init__(self, tracking_uri: str, experiment_name: str):
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri)
+        self.experiment_id = self._ensure_experiment(experiment_name)
+
+    def _ensure_experiment(self, name: str) -> str:
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            if found.lifecycle_stage == "deleted":
+                self.client.restore_experiment(found.experiment_id)
+            return found.experiment_id
+        location = None
+        parsed = urlparse(self.tracking_uri)
+        if parsed.scheme == "sqlite" and parsed.path not in ("", "/:memory:"):
+            # Keep artifacts beside the database (MLflow would use ./mlruns of whatever folder we run in).
+            db_path = Path(self.tracking_uri[len("sqlite:///"):])
+            location = (db_path.resolve().parent / "mlruns").as_uri()
+        return self.client.create_experiment(name, artifact_location=location)
+
+    def ui_link(self, host: str = "http://127.0.0.1:5000") -> str:
+        return f"{host}/#/experiments/{self.experiment_id}/runs"
+
+    # ---- runs ---------------------------------------------------------------------------------------------
+
+    def run_exists(self, run_id: Optional[str]) -> bool:
+        if not run_id:
+            return False
+        try:
+            run = self.client.get_run(run_id)
+        except mlflow.exceptions.MlflowException:
+            return False
+        return run.info.experiment_id == self.experiment_id and run.info.lifecycle_stage == "active"
+
+    def start_parent(self, study_name: str, tags: dict[str, Any]) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=study_name,
+                                     tags={ROLE_TAG: "study", **{k: _text(v) for k, v in tags.items()}})
+        return run.info.run_id
+
+    def reopen(self, run_id: str) -> None:
+        self.client.update_run(run_id, status="RUNNING")
+
+    def start_trial(self, parent_id: str, run_name: str, params: dict[str, Any], tags: dict[str, Any]) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags={
+            "mlflow.parentRunId": parent_id, ROLE_TAG: "trial", **{k: _text(v) for k, v in tags.items()}})
+        run_id = run.info.run_id
+        items = [Param(k, _text(v)) for k, v in params.items()]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[start:start + 100])
+        return run_id
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int,
+                    series: Iterable[tuple[str, int, float]] = ()) -> None:
+        """One epoch's scalars at `step`, plus (name, step, value) series such as per-step losses."""
+        now = _now_ms()
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        items += [Metric(name, float(v), now, s) for name, s, v in series]
+        for start in range(0, len(items), MAX_BATCH):
+            self.client.log_batch(run_id, metrics=items[start:start + MAX_BATCH])
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        if tags:
+            self.client.log_batch(run_id, tags=[RunTag(k, _text(v)) for k, v in tags.items()])
+
+    def log_dataset(self, run_id: str, name: str, digest: str, source: str, profile: str) -> None:
+        dataset = Dataset(name=name, digest=digest, source_type="local", source=source, profile=profile)
+        self.client.log_inputs(run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", "training")])])
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self.client.log_text(run_id, text, artifact_file)
+
+    def log_file(self, run_id: str, path: str | Path, artifact_path: Optional[str] = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def finish(self, run_id: str, status: str, tags: Optional[dict[str, Any]] = None) -> None:
+        """status: FINISHED, FAILED or KILLED (MLflow has no 'pruned': pruned trials are KILLED + tag)."""
+        self.set_tags(run_id, tags or {})
+        self.client.set_terminated(run_id, status=status, end_time=_now_ms())
+
+    def log_model(self, run_id: str, model, name: str = "model") -> None:
+        import torch
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        with mlflow.start_run(run_id=run_id):
+            # Explicit requirements: inferring them would load the model in a subprocess (seconds).
+            # `pickle`: MLflow 3.17's default `pt2` format needs an input example to trace the graph.
+            mlflow.pytorch.log_model(model.cpu(), name=name, serialization_format="pickle",
+                                     pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+
+    def child_runs(self, parent_id: str) -> list:
+        return self.client.search_runs([self.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'",
+                                       max_results=50000)
+
+    def close_stale(self, parent_id: str, live_trials: set[int]) -> list[str]:
+        """Mark as FAILED the RUNNING child runs whose trial is not running any more (a killed process)."""
+        closed = []
+        for run in self.child_runs(parent_id):
+            trial = run.data.tags.get("trial")
+            if run.info.status == "RUNNING" and (trial is None or int(trial) not in live_trials):
+                self.finish(run.info.run_id, "FAILED", {"state": "FAIL",
+                                                       "fail_reason": "stale: its process ended without closing it"})
+                closed.append(run.info.run_id)
+        return closed
