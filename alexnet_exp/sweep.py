@@ -266,6 +266,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         storage = open_storage(storage_url)
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own lines say what happened to each trial
         study = open_study(config, storage, sampler, pruner)
+        existing = len(study.get_trials(deepcopy=False))
+        if existing and s.seed is not None:
+            # The same seed again would replay the first samples: continue the stream where the study is.
+            study.sampler = make_sampler(s.sampler, s.sampler_options, s.seed + existing, config.space)
         tracker = Tracker(resolve_tracking_uri(s.tracking_uri), s.experiment or s.name)
     except (ConfigError, StudyMismatch, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,0 +1,186 @@
+import json
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from alexnet_exp.config import config_from_dict
+from alexnet_exp.space import suggest
+from alexnet_exp.sweep import redact
+from sweep_helpers import TINY, mlflow_runs, run_sweep, write_config
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+def load_study(tmp_path, name="tiny"):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'sweeps' / name / 'optuna.db'}")
+
+
+def test_smoke_sweep_end_to_end(in_tmp, capsys):
+    cfg = write_config(in_tmp / "s.yaml")
+    assert run_sweep(in_tmp, cfg) == 0
+    out = capsys.readouterr().out
+    assert "#/experiments/" in out and "held-out test accuracy" in out
+
+    study = load_study(in_tmp)
+    trials = study.get_trials()
+    assert len(trials) == 3 and all(t.state == TrialState.COMPLETE for t in trials)
+    client, parents, children = mlflow_runs(in_tmp)
+    assert len(parents) == 1 and len(children) == 3
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert sorted(int(c.data.tags["trial"]) for c in children) == [0, 1, 2]
+    for child in children:
+        assert child.info.status == "FINISHED" and child.data.tags["state"] == "COMPLETE"
+        for key in ("study", "sampler", "dataset", "model", "device", "git_commit"):
+            assert child.data.tags[key]
+        assert child.data.params["train.epochs"] == "2" and "model.norm" in child.data.params
+        history = client.get_metric_history(child.info.run_id, "val_accuracy")
+        assert sorted(m.step for m in history) == [1, 2]
+        for name in ("train_loss", "val_loss", "val_macro_f1", "lr", "epoch_seconds", "images_per_second"):
+            assert len(client.get_metric_history(child.info.run_id, name)) == 2
+        assert len(client.get_metric_history(child.info.run_id, "train_loss_step")) >= 4
+        artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert "config.yaml" in artifacts
+        evaluation = {a.path for a in client.list_artifacts(child.info.run_id, "evaluation")}
+        assert evaluation == {"evaluation/confusion_matrix.csv", "evaluation/confusion_matrix.png",
+                              "evaluation/per_class.csv"}
+        inputs = client.get_run(child.info.run_id).inputs.dataset_inputs
+        assert inputs and inputs[0].dataset.name == "synthetic"
+    # The best trial, and only it, was evaluated on the held-out test split.
+    best_run = study.best_trial.user_attrs["mlflow_run_id"]
+    tested = [c for c in children if "test_accuracy" in c.data.metrics]
+    assert [c.info.run_id for c in tested] == [best_run]
+    assert client.get_run(parent.info.run_id).data.metrics["test_accuracy"] == tested[0].data.metrics["test_accuracy"]
+    assert any(a.path == "model" for a in client.list_artifacts(best_run)) or client.search_logged_models(
+        experiment_ids=[parent.info.experiment_id])
+
+
+def test_states_map_to_mlflow_status_with_reasons(in_tmp):
+    baselines = [
+        {"name": "good", "train.optimizer": "sgd", "train.lr": 0.03, "train.momentum": 0.9},
+        {"name": "crash", "augment.input_size": 16},  # the network's feature map vanishes: an exception
+        {"name": "slow", "train.optimizer": "sgd", "train.lr": 1e-7, "train.momentum": 0.0},
+        {"name": "boom", "train.optimizer": "sgd", "train.lr": 10.0, "train.momentum": 0.9, "model.norm": "none"},
+        {"name": "nesterov", "train.optimizer": "sgd", "train.nesterov": True, "train.momentum": 0.0},
+    ]
+    cfg = write_config(in_tmp / "s.yaml", baselines=baselines,
+                       train={"epochs": 3, "stall_epochs": 5},
+                       study={"name": "tiny", "n_trials": 4, "sampler": "random", "pruner": "median",
+                              "pruner_options": {"n_startup_trials": 1, "n_warmup_steps": 0}})
+    assert run_sweep(in_tmp, cfg) == 0
+    trials = {t.user_attrs["baseline"]: t for t in load_study(in_tmp).get_trials()}
+    assert set(trials) == {"good", "crash", "slow", "boom", "nesterov"}  # the crash did not count, so 5 ran
+    assert trials["good"].state == TrialState.COMPLETE
+    assert trials["slow"].state == TrialState.PRUNED and trials["slow"].user_attrs["pruned_at_epoch"] == 1
+    assert trials["boom"].state == TrialState.FAIL and trials["boom"].user_attrs["fail_kind"] == "diverged"
+    assert trials["nesterov"].user_attrs["fail_kind"] == "invalid"
+    assert "nesterov" in trials["nesterov"].user_attrs["fail_reason"]
+    assert trials["crash"].user_attrs["fail_kind"] == "error"
+    assert "too small" in trials["crash"].user_attrs["fail_reason"]
+
+    client, _, children = mlflow_runs(in_tmp)
+    by_trial = {int(c.data.tags["trial"]): c for c in children}
+    assert len(by_trial) == 5
+    expected = {"good": ("FINISHED", "COMPLETE"), "slow": ("KILLED", "PRUNED"), "boom": ("FAILED", "FAIL"),
+                "nesterov": ("FAILED", "FAIL"), "crash": ("FAILED", "FAIL")}
+    for name, (status, state) in expected.items():
+        run = by_trial[trials[name].number]
+        assert (run.info.status, run.data.tags["state"]) == (status, state), name
+    assert by_trial[trials["slow"].number].data.tags["pruned_at_epoch"] == "1"
+    assert by_trial[trials["boom"].number].data.tags["fail_kind"] == "diverged"
+    crash_artifacts = [a.path for a in client.list_artifacts(by_trial[trials["crash"].number].info.run_id)]
+    assert "error.txt" in crash_artifacts
+
+
+def test_resume_respects_the_budget_and_repeats_nothing(in_tmp, capsys):
+    cfg = write_config(in_tmp / "s.yaml", study={"name": "tiny", "n_trials": 2, "sampler": "random",
+                                                 "pruner": "none"})
+    assert run_sweep(in_tmp, cfg) == 0
+    assert run_sweep(in_tmp, cfg) == 0  # budget met: trains nothing
+    assert "2/2 trials finished, resuming" in capsys.readouterr().out
+    assert len(load_study(in_tmp).get_trials()) == 2
+    assert run_sweep(in_tmp, cfg, "--trials", "3") == 0  # one more
+    trials = load_study(in_tmp).get_trials()
+    assert [t.number for t in trials] == [0, 1, 2]
+    assert len({json.dumps(t.params, sort_keys=True) for t in trials}) == 3
+    _, parents, children = mlflow_runs(in_tmp)
+    assert len(parents) == 1 and len(children) == 3
+
+
+def test_baselines_run_first_with_exact_values(in_tmp):
+    baselines = [{"name": "doc-run-7", "train.optimizer": "sgd", "train.lr": 0.05, "train.momentum": 0.0,
+                  "train.epochs": 1},
+                 {"name": "adam", "train.optimizer": "adam", "train.lr": 0.02}]
+    cfg = write_config(in_tmp / "s.yaml", baselines=baselines)
+    assert run_sweep(in_tmp, cfg) == 0
+    trials = load_study(in_tmp).get_trials()
+    assert [t.user_attrs.get("baseline") for t in trials[:2]] == ["doc-run-7", "adam"]
+    # momentum 0.0 is outside the space's [0.5, 0.9]: it is fixed, not sampled, and not clipped
+    assert trials[0].params == {"train.optimizer": "sgd", "train.lr": 0.05}
+    assert json.loads(trials[0].user_attrs["values"])["train.momentum"] == 0.0
+    assert trials[1].params == {"train.optimizer": "adam", "train.lr": 0.02}
+    _, _, children = mlflow_runs(in_tmp)
+    run0 = next(c for c in children if c.data.tags["trial"] == "0")
+    assert run0.data.params["train.momentum"] == "0.0" and run0.data.params["train.epochs"] == "1"
+    assert run0.data.tags["baseline"] == "doc-run-7"
+
+
+def test_conditional_parameters_only_when_active():
+    config = config_from_dict({"space": TINY["space"]})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    seen = set()
+    for _ in range(40):
+        trial = study.ask()
+        values = suggest(trial, config.space)
+        assert ("train.momentum" in values) == (values["train.optimizer"] == "sgd")
+        assert ("train.momentum" in trial.params) == (values["train.optimizer"] == "sgd")
+        seen.add(values["train.optimizer"])
+        study.tell(trial, 0.0)
+    assert seen == {"sgd", "adam"}
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"study": {"name": "tiny", "n_trials": 1, "metric": "val_macro_f1", "sampler": "random", "pruner": "none"}},
+     "metric: stored val_accuracy, YAML val_macro_f1"),
+    ({"space": {"train.lr": {"type": "float", "low": 0.001, "high": 0.1, "log": True}}}, "space: differs in"),
+    ({"train": {"epochs": 3}}, "train.epochs stored 2, now 3"),
+])
+def test_changed_study_is_refused(in_tmp, capsys, change, message):
+    cfg = write_config(in_tmp / "a.yaml", study={"name": "tiny", "n_trials": 1, "sampler": "random",
+                                                 "pruner": "none"})
+    assert run_sweep(in_tmp, cfg) == 0
+    changed = write_config(in_tmp / "b.yaml", **{"study": {"name": "tiny", "n_trials": 1, "sampler": "random",
+                                                          "pruner": "none"}, **change})
+    assert run_sweep(in_tmp, changed) == 2
+    err = capsys.readouterr().err
+    assert message in err and "--study-name" in err
+    assert len(load_study(in_tmp).get_trials()) == 1
+
+
+def test_bad_yaml_is_rejected_before_any_trial(in_tmp, capsys):
+    cfg = write_config(in_tmp / "s.yaml", space={"train.lr": {"type": "float", "low": 0.1, "high": 0.01}},
+                       study={"name": "tiny", "sampler": "annealing"})
+    assert run_sweep(in_tmp, cfg) == 2
+    err = capsys.readouterr().err
+    assert "space.train.lr: low (0.1) > high (0.01)" in err and "study.sampler" in err
+    assert not (in_tmp / "sweeps").exists() and not (in_tmp / "mlflow.db").exists()
+
+
+def test_dry_run_trains_nothing(in_tmp, capsys):
+    cfg = write_config(in_tmp / "s.yaml", baselines=[{"name": "b0", "train.lr": 0.02, "train.optimizer": "adam"}])
+    assert run_sweep(in_tmp, cfg, "--dry-run", "--dry-run-trials", "3") == 0
+    out = capsys.readouterr().out
+    assert "train.momentum" in out and "trial 0 (b0)" in out and "trial 2 (sampled)" in out
+    assert not (in_tmp / "sweeps").exists() and not (in_tmp / "mlflow.db").exists()
+
+
+def test_storage_password_is_redacted():
+    assert redact("postgresql://alice:s3cret@db.example:5432/optuna") == "postgresql://alice:***@db.example:5432/optuna"
+    assert "s3cret" not in redact("postgresql+psycopg2://alice:s3cret@host/db")
