@@ -153,6 +153,16 @@ def git_commit() -> str:
         return "unknown"
 
 
+def library_versions() -> dict[str, str]:
+    import platform
+
+    import mlflow
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "optuna": optuna.__version__,
+            "mlflow": mlflow.__version__}
+
+
 def dry_run(config: RunConfig, sampler, n: int) -> None:
     print("validated search space:")
     for path in ordered_params(config.space):
@@ -286,6 +296,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                                                   "dataset": config.data.dataset, "model": config.model.arch})
         study.set_user_attr("mlflow_parent_run_id", parent_id)
         tracker.log_text(parent_id, dump_config(config), "config.yaml")
+    command = "python -m alexnet_exp.sweep " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = command.replace(storage_url, redact(storage_url))  # never record a password
+    environment = {"command": command, "device": str(device), "git_commit": commit, **library_versions()}
+    study.set_user_attr("environment", environment)  # the latest invocation; the report shows it
+    tracker.set_tags(parent_id, environment)
     running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     closed = tracker.close_stale(parent_id, running)
     added = enqueue_baselines(study, config)

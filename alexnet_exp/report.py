@@ -1,0 +1,271 @@
+"""`python -m alexnet_exp.report`: compare the trials of a sweep, like the hand-written list it replaces.
+
+Reads the Optuna study and its MLflow runs (never trains, needs no GPU) and writes `reports/<study>/`:
+report.md, a self-contained report.html, trials.csv and the figures as PNG; the report also goes to the study's
+MLflow parent run as artifacts. Works on running studies (a snapshot) and on studies with no finished trial.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+import pandas as pd
+
+from . import report_figures as figures
+from .report_data import REFERENCE_RESULTS, StudyData, discover_studies, load_study_data, trials_frame
+
+
+@dataclass
+class Figure:
+    path: Path
+    caption: str
+
+
+Block = Union[str, pd.DataFrame, Figure]  # a str starting with "#" is a heading, any other a paragraph
+
+
+def _fmt(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _md_table(frame: pd.DataFrame) -> str:
+    head = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "|" + "---|" * len(frame.columns)
+    rows = ["| " + " | ".join(_fmt(v).replace("|", "/") for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([head, rule, *rows])
+
+
+def render_markdown(blocks: list[Block]) -> str:
+    out = []
+    for block in blocks:
+        if isinstance(block, pd.DataFrame):
+            out.append(_md_table(block))
+        elif isinstance(block, Figure):
+            out.append(f"![{block.caption}]({block.path.name})\n\n*{block.caption}*")
+        else:
+            out.append(block)
+    return "\n\n".join(out) + "\n"
+
+
+def render_html(blocks: list[Block], title: str) -> str:
+    """One file with the figures embedded (data URIs), so it can be mailed or archived as it is."""
+    body = []
+    for block in blocks:
+        if isinstance(block, pd.DataFrame):
+            body.append(block.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}", border=0,
+                                      classes="trials"))
+        elif isinstance(block, Figure):
+            data = base64.b64encode(block.path.read_bytes()).decode()
+            body.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(block.path.name)}">'
+                        f"<figcaption>{html.escape(block.caption)}</figcaption></figure>")
+        elif block.startswith("#"):
+            level = len(block) - len(block.lstrip("#"))
+            body.append(f"<h{level}>{html.escape(block.lstrip('#').strip())}</h{level}>")
+        else:
+            text = html.escape(block).replace("\n", "<br>\n")
+            body.append(f"<p>{text}</p>")
+    style = ("body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}"
+             "table.trials{border-collapse:collapse;font-size:13px}table.trials td,table.trials th"
+             "{padding:3px 8px;border-bottom:1px solid #ddd;text-align:left}figure{margin:1.5em 0}"
+             "img{max-width:100%}figcaption{color:#555;font-size:13px}")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def _header(data: StudyData) -> list[Block]:
+    counts = data.counts()
+    total = sum(t.duration_s or 0 for t in data.trials)
+    state_text = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())) or "no trials yet"
+    lines = [f"# Study {data.name}",
+             f"Dataset **{data.dataset}**, model **{data.model}**, sampler **{data.sampler}**, pruner "
+             f"**{data.pruner}**, objective **{data.direction} {data.metric}** (validation split).",
+             f"Trials: {state_text}; {total / 60:.1f} minutes of trial time in all."]
+    if any(t.state == "RUNNING" for t in data.trials):
+        lines.append("The study is still running: this report is a snapshot.")
+    best = data.best()
+    if best is None:
+        lines.append("No trial has completed yet: there is no best trial, and the tables and figures below "
+                     "show what has been reported so far.")
+    else:
+        test = (f" Held-out test split (evaluated once, for this trial only): accuracy "
+                f"{data.test_metrics['test_accuracy']:.4f}, macro-F1 {data.test_metrics['test_macro_f1']:.4f}."
+                if data.test_metrics else " Not yet evaluated on the held-out test split (the sweep does it "
+                                          "when it ends).")
+        lines.append(f"**Best trial {best.number}**{f' ({best.baseline})' if best.baseline else ''}: "
+                     f"{data.metric} {best.value:.4f}; validation accuracy {_fmt(best.last('val_accuracy'))}, "
+                     f"macro-F1 {_fmt(best.last('val_macro_f1'))}.{test}")
+        lines.append("Parameters: " + ", ".join(f"`{k}={_fmt(v)}`" for k, v in best.values.items()))
+    env = data.environment
+    if env:
+        lines.append(f"Command: `{env.get('command', '?')}`\nGit commit {env.get('git_commit', '?')}, device "
+                     f"{env.get('device', '?')}, Python {env.get('python', '?')}, torch {env.get('torch', '?')}, "
+                     f"Optuna {env.get('optuna', '?')}, MLflow {env.get('mlflow', '?')}.")
+    return lines
+
+
+def _references(data: StudyData) -> list[Block]:
+    refs = REFERENCE_RESULTS.get(data.dataset)
+    if not refs:
+        return []
+    rows = [{"result": f"{r['source']} (reported in the seed document, not rerun; its test split)",
+             "accuracy": r["accuracy"], "macro_f1": r["macro_f1"]} for r in refs]
+    best = data.best()
+    if best is not None:
+        rows.append({"result": f"this sweep, best trial {best.number}: validation split",
+                     "accuracy": best.last("val_accuracy"), "macro_f1": best.last("val_macro_f1")})
+        if data.test_metrics:
+            rows.append({"result": f"this sweep, best trial {best.number}: held-out test split",
+                         "accuracy": data.test_metrics["test_accuracy"],
+                         "macro_f1": data.test_metrics["test_macro_f1"]})
+    return ["## Reference results", pd.DataFrame(rows)]
+
+
+def study_report(data: StudyData, out_dir: Path, weights_root: Path = Path("sweeps")) -> list[Path]:
+    """Write one study's report; return the files written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("*.png"):  # a figure that cannot be drawn any more must not linger
+        old.unlink()
+    table = trials_frame(data)
+    table.to_csv(out_dir / "trials.csv", index=False)
+    blocks: list[Block] = _header(data) + _references(data)
+    blocks += ["## Trials", f"One row per trial, complete trials first by {data.metric}; the same table is in "
+                            f"trials.csv.", table if not table.empty else "No trials yet."]
+    blocks.append("## Figures")
+    missing = []
+
+    def add(path: Optional[Path], caption: str, why: str = "nothing to draw yet") -> None:
+        if path is not None:
+            blocks.append(Figure(path, caption))
+        else:
+            missing.append(f"{caption.split(':')[0]}: {why}")
+
+    add(figures.loss_curves(data, out_dir / "loss_curves.png"),
+        "Loss curves: training and validation loss per epoch; best trial thick green, pruned dashed, failed dotted")
+    add(figures.metric_curves(data, out_dir / "metric_curves.png"),
+        "Validation accuracy and macro-F1 per epoch")
+    add(figures.history([data], out_dir / "history.png"),
+        "Optimisation history: the objective of each trial and the best so far")
+    path, why = figures.importance(data, out_dir / "importance.png")
+    add(path, "Hyperparameter importance (Optuna's fANOVA)", why or "nothing to draw yet")
+    add(figures.by_choice(data, table, out_dir / "by_choice.png"),
+        "The objective by each categorical choice (complete trials; line: median)",
+        "no categorical choice varies across complete trials")
+    add(figures.learning_rate(data, table, out_dir / "learning_rate.png"),
+        "Learning rate against the objective, log axis")
+    add(figures.confusion(data, out_dir / "confusion_matrix.png"),
+        "Best trial's validation confusion matrix", "no complete trial with a logged confusion matrix")
+    per_class = data.per_class()
+    add(figures.per_class_f1(per_class, out_dir / "per_class_f1.png"),
+        "Best trial's per-class F1 on the validation split", "no complete trial with per-class metrics")
+    if per_class is not None and not per_class.empty:
+        worst = per_class.sort_values("f1", kind="stable").head(10)
+        blocks.append("Ten worst classes (validation F1): " + ", ".join(
+            f"{c} ({f:.2f})" for c, f in zip(worst["class"], worst["f1"])))
+    weights = weights_root / data.name / "weights" / f"trial_{data.best_number or 0:05d}.pt"
+    add(figures.first_layer_kernels(weights, out_dir / "first_layer_kernels.png"),
+        "Best model's first-layer kernels (each scaled to its own range)",
+        f"the best trial's weights are not in {weights.parent}")
+    if missing:
+        blocks.append("Not drawn: " + "; ".join(missing) + ".")
+    (out_dir / "report.md").write_text(render_markdown(blocks))
+    (out_dir / "report.html").write_text(render_html(blocks, f"Study {data.name}"))
+    return sorted(out_dir.iterdir())
+
+
+def comparison_report(studies: list[StudyData], out_dir: Path) -> list[Path]:
+    """Several studies side by side: one table with a study column, best of each, one history plot."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    frames = []
+    for data in studies:
+        frame = trials_frame(data)
+        frame.insert(0, "study", data.name)
+        frames.append(frame.rename(columns={data.metric: "objective"}))
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    table.to_csv(out_dir / "trials.csv", index=False)
+    summary = pd.DataFrame([{"study": d.name, "dataset": d.dataset, "sampler": d.sampler, "metric": d.metric,
+                             "trials": len(d.trials), "best_trial": d.best_number,
+                             "best_value": d.best().value if d.best() else None,
+                             "test_accuracy": d.test_metrics.get("test_accuracy"),
+                             "test_macro_f1": d.test_metrics.get("test_macro_f1")} for d in studies])
+    blocks: list[Block] = ["# " + " vs ".join(d.name for d in studies), "## Best of each study", summary]
+    path = figures.history(studies, out_dir / "history.png")
+    if path is not None:
+        blocks.append(Figure(path, "Optimisation history of each study"))
+    blocks += ["## All trials", table]
+    (out_dir / "report.md").write_text(render_markdown(blocks))
+    (out_dir / "report.html").write_text(render_html(blocks, "Studies compared"))
+    return sorted(out_dir.iterdir())
+
+
+def log_to_parent_run(data: StudyData, files: list[Path]) -> bool:
+    if not data.parent_run_id:
+        return False
+    from .tracking import Tracker
+
+    tracker = Tracker(data.tracking_uri, (data.config.study.experiment if data.config else None) or data.name)
+    if not tracker.run_exists(data.parent_run_id):
+        return False
+    for path in files:
+        tracker.log_file(data.parent_run_id, path, "report")
+    return True
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m alexnet_exp.report",
+                                description="Write comparison reports of sweeps to reports/<study>/.")
+    p.add_argument("--study", action="append", default=[], help="study name (repeat to compare studies); "
+                                                                 "default: every study under sweeps/")
+    p.add_argument("--storage", help="Optuna storage URL (default: sweeps/<study>/optuna.db)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the study's, MLFLOW_TRACKING_URI or "
+                                          "./mlflow.db)")
+    p.add_argument("--out", default="reports", help="output folder (default: reports/)")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log the report to the parent run")
+    args = p.parse_args(argv)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per study is enough
+
+    if args.study:
+        targets = [(name, args.storage or f"sqlite:///{Path('sweeps') / name / 'optuna.db'}") for name in args.study]
+        missing = [(n, s) for n, s in targets if s.startswith("sqlite:///") and not Path(s[10:]).is_file()]
+        if missing:
+            print(f"error: no study storage at {missing[0][1][10:]}; run the sweep first, or pass --storage",
+                  file=sys.stderr)
+            return 2
+    else:
+        targets = discover_studies()
+        if not targets:
+            print("error: no study under sweeps/; run `python -m alexnet_exp.sweep search_spaces/smoke.yaml` "
+                  "first, or name one with --study and --storage", file=sys.stderr)
+            return 2
+    studies = []
+    for name, storage in targets:
+        try:
+            studies.append(load_study_data(name, storage, args.tracking_uri))
+        except KeyError:
+            print(f"error: no study named {name!r} in {storage}", file=sys.stderr)
+            return 2
+    out = Path(args.out)
+    for data in studies:
+        files = study_report(data, out / data.name)
+        logged = not args.no_mlflow and log_to_parent_run(data, files)
+        print(f"{data.name}: {out / data.name / 'report.html'} ({len(data.trials)} trials"
+              f"{', logged to the MLflow parent run' if logged else ''})")
+    if len(args.study) > 1:
+        folder = out / ("compare-" + "-".join(d.name for d in studies))
+        comparison_report(studies, folder)
+        print(f"comparison: {folder / 'report.html'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
