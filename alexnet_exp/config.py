@@ -168,6 +168,8 @@ class StudyConfig(_Section):
     storage: Optional[str] = None  # Optuna storage URL; default sqlite under sweeps/<name>/
     tracking_uri: Optional[str] = None  # MLflow; default MLFLOW_TRACKING_URI or MLflow's own default
     experiment: Optional[str] = None  # MLflow experiment name; default the study name
+    heartbeat_seconds: int = Field(20, ge=1, le=3600)  # a trial silent for 3x this long is failed and retried
+    checkpoint: bool = True  # save each trial's state every epoch, so a retried trial resumes where it died
 
 
 class RunConfig(_Section):

@@ -37,6 +37,11 @@ class TrialFailed(Exception):
         super().__init__(f"{kind}: {reason}")
 
 
+# Fault injection for the fault-tolerance tests: trial numbers (comma-separated) whose first epoch raises
+# CUDA's out-of-memory error, as a too-large batch would on a GPU.
+INJECT_OOM_ENV = "ALEXNET_EXP_INJECT_OOM"
+
+
 @dataclass
 class TrialContext:
     base: RunConfig
@@ -46,6 +51,7 @@ class TrialContext:
     weights_dir: Path
     progress: SweepProgress
     run_tags: dict[str, Any] = field(default_factory=dict)  # study, sampler, device, git commit
+    checkpoint_dir: Optional[Path] = None  # None: no per-epoch checkpoints
 
     @property
     def metric(self) -> str:
@@ -56,12 +62,22 @@ def data_digest(config: RunConfig) -> str:
     return hashlib.sha256(json.dumps(config.data.model_dump(), sort_keys=True).encode()).hexdigest()[:12]
 
 
-def save_weights_atomically(model: torch.nn.Module, path: Path) -> None:
+def save_atomically(obj: Any, path: Path) -> None:
+    """torch.save to a temp file beside `path`, then rename: a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     os.close(fd)
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _remove(path: Optional[Path]) -> None:
+    if path is not None:
+        path.unlink(missing_ok=True)
 
 
 def weights_path(weights_dir: Path, number: int) -> Path:
@@ -103,13 +119,37 @@ def _log_evaluation(ctx: TrialContext, run_id: str, result, class_names: list[st
         ctx.tracker.log_file(run_id, png, "evaluation")
 
 
-def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float:
+def _retry_of(trial: optuna.Trial) -> tuple[Optional[int], Optional[int]]:
+    """(first trial of the retry chain, trial this one retries), or (None, None) for a fresh trial."""
+    frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+    history = frozen.system_attrs.get("retry_history") or []
+    return frozen.system_attrs.get("failed_trial"), (history[-1] if history else None)
+
+
+def _log_epoch(ctx: TrialContext, run_id: str, m: EpochMetrics) -> None:
+    ctx.tracker.log_metrics(run_id, m.scalars(), m.epoch, [("train_loss_step", s, v) for s, v in m.step_losses])
+
+
+def run_trial(trial: optuna.Trial, ctx: TrialContext, n_trials: int) -> float:
+    from .workers import surplus
+
+    if surplus(trial.study, trial.number, n_trials):
+        trial.set_user_attr("fail_kind", "surplus")
+        trial.set_user_attr("fail_reason", "the budget was taken by other workers' trials")
+        raise TrialFailed("surplus", "the budget was taken by other workers' trials")
     fixed = json.loads(trial.user_attrs.get("fixed", "{}"))  # a baseline's exact values
     values = suggest(trial, ctx.base.space, fixed)
     trial.set_user_attr("values", json.dumps(values))
     ctx.progress.trial_started(trial.number, values)
+    root, previous = _retry_of(trial)
     tags = {**ctx.run_tags, "trial": trial.number, "state": "RUNNING",
             "baseline": trial.user_attrs.get("baseline", "")}
+    previous_run = trial.user_attrs.get("mlflow_run_id") if previous is not None else None
+    if previous is not None:
+        tags.update(retry_of_trial=previous, retry_of_run=previous_run or "")
+        if previous_run and ctx.tracker.run_status(previous_run) == "RUNNING":
+            ctx.tracker.finish(previous_run, "FAILED", {"state": "FAIL", "fail_reason": "its worker ended "
+                                                        f"mid-trial; retried as trial {trial.number}"})
     try:
         config = ctx.base.with_values(values)
     except ConfigError as exc:
@@ -118,16 +158,31 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float:
     tags.update(dataset=config.data.dataset, model=config.model.arch)
     run_id = ctx.tracker.start_trial(ctx.parent_run_id, f"trial-{trial.number}", config.flat(), tags)
     trial.set_user_attr("mlflow_run_id", run_id)
+    trial.set_user_attr("worker_pid", os.getpid())
     ctx.tracker.log_text(run_id, dump_config(config), "config.yaml")
+    checkpoint = ctx.checkpoint_dir / f"trial_{root if root is not None else trial.number:05d}.pt" \
+        if ctx.checkpoint_dir is not None else None
+    resume = None
+    if previous is not None and checkpoint is not None and checkpoint.is_file():
+        resume = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        trial.set_user_attr("resumed_from_epoch", resume["epoch"])
+        for m in resume["history"]:  # the epochs already trained, so this run's curves are whole
+            _log_epoch(ctx, run_id, EpochMetrics(**m))
+    inject_oom = trial.number in {int(n) for n in os.environ.get(INJECT_OOM_ENV, "").split(",") if n.strip()}
 
     def on_epoch(m: EpochMetrics) -> None:
+        if inject_oom:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected by " + INJECT_OOM_ENV + ")")
         value = getattr(m, ctx.metric)
-        ctx.tracker.log_metrics(run_id, m.scalars(), m.epoch, [("train_loss_step", s, v) for s, v in m.step_losses])
+        _log_epoch(ctx, run_id, m)
         trial.set_user_attr("epochs_run", m.epoch)
         trial.report(value, m.epoch)
         ctx.progress.epoch(trial.number, m.epoch, value)
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {m.epoch}")
+
+    def on_checkpoint(state: dict) -> None:
+        save_atomically(state, checkpoint)
 
     model = None
     try:
@@ -136,25 +191,28 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float:
                                 if config.data.dataset.startswith("cifar") else config.data.dataset,
                                 json.dumps({"train": len(data.train_y), "val": len(data.val_y),
                                             "classes": data.num_classes}))
-        model, result = train_run(config, ctx.cache, on_epoch=on_epoch)
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM on the launcher: Optuna fails the trial, MLflow must too
+        model, result = train_run(config, ctx.cache, on_epoch=on_epoch, resume=resume,
+                                  on_checkpoint=on_checkpoint if checkpoint is not None else None)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: Optuna fails the trial, MLflow must too; the checkpoint
+        trial.set_user_attr("fail_kind", "interrupted")  # stays, and the next run of the sweep resumes it
         ctx.tracker.finish(run_id, "FAILED", {"state": "FAIL", "fail_kind": "interrupted",
                                               "fail_reason": "interrupted (Ctrl-C or SIGTERM)"})
         raise
     except optuna.TrialPruned:
+        _remove(checkpoint)
         epoch = trial.user_attrs.get("epochs_run", 0)
         trial.set_user_attr("pruned_at_epoch", epoch)
         ctx.tracker.finish(run_id, "KILLED", {"state": "PRUNED", "pruned_at_epoch": epoch})
         raise
-    except torch.cuda.OutOfMemoryError as exc:
-        del model
-        _release_memory()
-        return _fail(trial, ctx, run_id, "out_of_memory", str(exc).splitlines()[0])
     except Exception as exc:  # any other error ends this trial only; its traceback goes to its run
-        ctx.tracker.log_text(run_id, traceback.format_exc(), "error.txt")
         del model
         _release_memory()
+        _remove(checkpoint)
+        if isinstance(exc, torch.cuda.OutOfMemoryError) or "can't allocate memory" in str(exc):
+            return _fail(trial, ctx, run_id, "out_of_memory", str(exc).splitlines()[0])
+        ctx.tracker.log_text(run_id, traceback.format_exc(), "error.txt")
         return _fail(trial, ctx, run_id, "error", f"{type(exc).__name__}: {exc}")
+    _remove(checkpoint)
     if result.status != "completed":
         return _fail(trial, ctx, run_id, result.status, result.reason)
 
@@ -164,7 +222,8 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float:
     _log_evaluation(ctx, run_id, final, data.class_names)
     study = trial.study
     if _is_better(study, value, _best_value(study)):
-        save_weights_atomically(model, weights_path(ctx.weights_dir, trial.number))
+        save_atomically({k: v.detach().cpu() for k, v in model.state_dict().items()},
+                        weights_path(ctx.weights_dir, trial.number))
     ctx.tracker.finish(run_id, "FINISHED", {"state": "COMPLETE"})
     return value
 

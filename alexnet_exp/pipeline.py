@@ -48,12 +48,14 @@ def make_model(cfg: ModelConfig, num_classes: int, size: int, seed: int) -> Alex
 
 
 def train_run(config: RunConfig, cache: DataCache, on_epoch: Optional[Callable[[EpochMetrics], None]] = None,
-              on_batch: Optional[Callable[[int, int], None]] = None) -> tuple[AlexNet, FitResult]:
+              on_batch: Optional[Callable[[int, int], None]] = None,
+              on_checkpoint: Optional[Callable[[dict], None]] = None,
+              resume: Optional[dict] = None) -> tuple[AlexNet, FitResult]:
     data, stats = cache.get(config.data)
     size = input_size(config.model, config.augment)
     augmenter = make_augmenter(config.augment, stats, size)
     model = make_model(config.model, data.num_classes, size, config.train.seed)
     hp = {k: getattr(config.train, k) for k in FIT_KEYS}
     result = fit(model, data.train_x, data.train_y, data.val_x, data.val_y, augmenter, data.num_classes,
-                 on_epoch=on_epoch, on_batch=on_batch, **hp)
+                 on_epoch=on_epoch, on_batch=on_batch, on_checkpoint=on_checkpoint, resume=resume, **hp)
     return model, result

@@ -10,8 +10,8 @@ from tqdm import tqdm
 
 
 class SweepProgress:
-    def __init__(self, total: int, done: int, epochs: int, metric: str, quiet: bool = False):
-        self.total, self.epochs, self.metric, self.quiet = total, epochs, metric, quiet
+    def __init__(self, total: int, done: int, epochs: int, metric: str, quiet: bool = False, prefix: str = ""):
+        self.total, self.epochs, self.metric, self.quiet, self.prefix = total, epochs, metric, quiet, prefix
         self.started = time.monotonic()
         self.best: Optional[float] = None
         self.bar = None if quiet else tqdm(total=total, initial=done, unit="trial", dynamic_ncols=True,
@@ -21,7 +21,7 @@ class SweepProgress:
         if self.bar is not None:
             self.bar.write(text, file=sys.stderr)
         else:
-            print(f"[{time.monotonic() - self.started:7.1f}s] {text}", flush=True)
+            print(f"[{time.monotonic() - self.started:7.1f}s] {self.prefix}{text}", flush=True)
 
     def trial_started(self, number: int, values: dict) -> None:
         shown = ", ".join(f"{k.split('.', 1)[1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.', 1)[1]}={v}"

@@ -1,7 +1,8 @@
 """`python -m alexnet_exp.sweep SPACE.yaml`: an Optuna study over AlexNet trials, tracked in MLflow.
 
 The launcher validates everything, creates (or resumes) the study, the MLflow experiment and the parent run
-once, enqueues the baselines, runs trials until the budget of finished trials is met, then evaluates the best
+once, enqueues the baselines, then runs trials itself or starts `--workers N` worker processes on the same
+study (one GPU each, round-robin), until the budget of finished trials is met. It then evaluates the best
 trial once on the held-out test split.
 """
 from __future__ import annotations
@@ -12,134 +13,24 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Optional
 
 import optuna
 from optuna.trial import TrialState
 
-# Heartbeats and the stale-trial retry are marked experimental; they are what makes killed workers recoverable.
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
 from .config import ConfigError, RunConfig, dump_config, load_config
 from .data import DataError
-from .objective import VERDICT_FAILURES, TrialContext, TrialFailed, evaluate_on_test, run_trial, weights_path
+from .objective import TrialContext, evaluate_on_test, run_trial, weights_path
 from .pipeline import DataCache
 from .progress import SweepProgress
-from .space import baseline_name, baseline_trial, make_pruner, make_sampler, ordered_params, space_signature, suggest
+from .space import make_pruner, make_sampler, ordered_params, suggest
+from .study_store import (StudyMismatch, default_storage, enqueue_baselines, open_storage, open_study, redact,
+                          requeue_interrupted)
 from .tracking import Tracker, resolve_tracking_uri
 from .train import resolve_device
-
-# Fixed values that may change between runs of one study without changing what a trial means.
-OPERATIONAL_KEYS = {"data.root", "data.download", "train.device", "train.eval_batch_size", "train.compile"}
-HEARTBEAT_SECONDS = 20
-
-
-class StudyMismatch(RuntimeError):
-    pass
-
-
-# ---- study state ---------------------------------------------------------------------------------------------
-
-def default_storage(study_name: str, sweeps_dir: Path = Path("sweeps")) -> str:
-    folder = sweeps_dir / study_name
-    folder.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{folder / 'optuna.db'}"
-
-
-def redact(url: str) -> str:
-    """A storage URL fit to print or log: the password replaced by ***."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("@")[-1] if "@" in url else url
-
-
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    if not url.split(":", 1)[0].split("+", 1)[0] in ("sqlite", "postgresql", "mysql"):
-        raise ConfigError("study.storage", [f"study.storage: {redact(url)!r} is not an Optuna RDB URL "
-                                            f"(sqlite:///path.db, postgresql://user:pass@host/db, mysql://...)"])
-    try:
-        # The heartbeat lets a later worker find trials whose process died, fail them and retry them.
-        return optuna.storages.RDBStorage(
-            url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=3 * HEARTBEAT_SECONDS,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2))
-    except Exception as exc:
-        raise ConfigError("study.storage", [f"cannot open storage {redact(url)}: {type(exc).__name__}: "
-                                            f"{str(exc).splitlines()[0]}"]) from None
-
-
-def fixed_signature(config: RunConfig) -> dict:
-    return {k: v for k, v in config.flat().items() if k not in OPERATIONAL_KEYS and k not in config.space}
-
-
-def open_study(config: RunConfig, storage, sampler, pruner) -> optuna.Study:
-    """Create the study, or load it and refuse it when it was made for another objective, space or config."""
-    s = config.study
-    study = optuna.create_study(study_name=s.name, storage=storage, sampler=sampler, pruner=pruner,
-                                direction=s.direction, load_if_exists=True)
-    attrs = study.user_attrs
-    if "metric" not in attrs:  # new study: record what it is
-        study.set_user_attr("metric", s.metric)
-        study.set_user_attr("space", space_signature(config.space))
-        study.set_user_attr("fixed", json.dumps(fixed_signature(config), sort_keys=True))
-        study.set_user_attr("config", dump_config(config))
-        return study
-    problems = []
-    if study.direction.name.lower() != s.direction:
-        problems.append(f"direction: stored {study.direction.name.lower()}, YAML {s.direction}")
-    if attrs["metric"] != s.metric:
-        problems.append(f"metric: stored {attrs['metric']}, YAML {s.metric}")
-    if attrs.get("space") != space_signature(config.space):
-        stored = json.loads(attrs.get("space", "{}"))
-        now = json.loads(space_signature(config.space))
-        changed = sorted(k for k in set(stored) | set(now) if stored.get(k) != now.get(k))
-        problems.append(f"space: differs in {', '.join(changed)}")
-    stored_fixed = json.loads(attrs.get("fixed", "{}"))
-    now_fixed = fixed_signature(config)
-    changed = sorted(k for k in set(stored_fixed) | set(now_fixed) if stored_fixed.get(k) != now_fixed.get(k))
-    if changed:
-        problems.append("fixed values: " + ", ".join(f"{k} stored {stored_fixed.get(k)!r}, now {now_fixed.get(k)!r}"
-                                                     for k in changed))
-    if problems:
-        raise StudyMismatch(
-            f"study {s.name!r} already exists with a different setup, and trials of both would be mixed:\n  - "
-            + "\n  - ".join(problems)
-            + f"\nUse another study name (--study-name NEW) or delete the study (sweeps/{s.name}/ for the default "
-              f"storage) to start over.")
-    return study
-
-
-def enqueue_baselines(study: optuna.Study, config: RunConfig) -> int:
-    done = set(json.loads(study.user_attrs.get("baselines_enqueued", "[]")))
-    added = 0
-    for i, baseline in enumerate(config.baselines):
-        name = baseline_name(baseline, i)
-        if name in done:
-            continue
-        params, fixed = baseline_trial(baseline, config)
-        study.enqueue_trial(params, user_attrs={"baseline": name, "fixed": json.dumps(fixed)})
-        done.add(name)
-        added += 1
-    study.set_user_attr("baselines_enqueued", json.dumps(sorted(done)))
-    return added
-
-
-def is_verdict(trial: optuna.trial.FrozenTrial) -> bool:
-    """Finished trials: complete, pruned, or failed for a reason that judges the hyperparameters."""
-    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
-        trial.state == TrialState.FAIL and trial.user_attrs.get("fail_kind") in VERDICT_FAILURES)
-
-
-def count_verdicts(study: optuna.Study) -> int:
-    return sum(is_verdict(t) for t in study.get_trials(deepcopy=False))
-
-
-def count_errors(study: optuna.Study) -> int:
-    return sum(t.state == TrialState.FAIL and not is_verdict(t) for t in study.get_trials(deepcopy=False))
+from .workers import (budget_state, gpu_list, is_verdict, python_command, run_trials, start_workers,
+                      wait_for_workers, worker_label)
 
 
 # ---- the run -------------------------------------------------------------------------------------------------
@@ -239,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "configurations, train nothing")
     p.add_argument("--dry-run-trials", type=int, default=5, help="how many configurations --dry-run shows")
     p.add_argument("--quiet", action="store_true", help="plain log lines instead of a progress bar")
+    p.add_argument("--workers", type=int, help="worker processes on this machine (default 1, or "
+                                               "GPUs x --trials-per-gpu)")
+    p.add_argument("--gpus", help="GPU ids for the workers, round-robin, e.g. 0,1 (default: all visible)")
+    p.add_argument("--trials-per-gpu", type=int, help="workers per GPU, for small trials that leave a GPU idle")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # set by the launcher
     return p
 
 
@@ -260,8 +156,44 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _run_here(config: RunConfig, study: optuna.Study, tracker: Tracker, parent_id: str, device, quiet: bool) -> bool:
+    """Run trials in this process until the budget is met; False when interrupted."""
+    s = config.study
+    verdicts, _, _ = budget_state(study)
+    progress = SweepProgress(s.n_trials, min(verdicts, s.n_trials), config.train.epochs, s.metric, quiet,
+                             prefix=worker_label())
+    ctx = TrialContext(config, tracker, parent_id, DataCache(device), Path("sweeps") / s.name / "weights", progress,
+                       {"study": s.name, "sampler": s.sampler, "device": str(device), "git_commit": git_commit()},
+                       Path("sweeps") / s.name / "checkpoints" if s.checkpoint else None)
+
+    def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        value = trial.value if trial.state == TrialState.COMPLETE else None
+        note = trial.user_attrs.get("fail_reason", "")
+        if trial.state == TrialState.PRUNED:
+            note = f"pruned at epoch {trial.user_attrs.get('pruned_at_epoch', '?')}"
+        best = study.best_value if any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)) \
+            else None
+        progress.trial_finished(trial.number, trial.state.name, value, note, best, is_verdict(trial))
+
+    try:
+        why = run_trials(study, lambda trial: run_trial(trial, ctx, s.n_trials), s.n_trials, s.timeout,
+                         after_trial, max_errors=max(3, s.n_trials))
+        if why == "errors":
+            print(f"{worker_label()}stopping: as many trials raised errors as the budget (see their MLflow runs' "
+                  f"error.txt)", file=sys.stderr)
+        return True
+    except KeyboardInterrupt:
+        print(f"\n{worker_label()}interrupted: the running trial is marked failed; run the same command to "
+              f"resume it", file=sys.stderr)
+        return False
+    finally:
+        progress.close()
+
+
 def main(argv: Optional[list[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM takes the same clean way out as Ctrl-C
     try:
         config = load_config(args.config, _flag_overrides(args))
         ordered_params(config.space)
@@ -271,9 +203,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.dry_run:
             dry_run(config, sampler, args.dry_run_trials)
             return 0
+        gpus = gpu_list(args.gpus) if not args.worker else []
+        n_workers = args.workers or ((len(gpus) or 1) * args.trials_per_gpu if args.trials_per_gpu else 1)
+        if n_workers < 1:
+            raise ConfigError("--workers", ["--workers: must be at least 1"])
         device = resolve_device(config.train.device)
         storage_url = s.storage or default_storage(s.name)
-        storage = open_storage(storage_url)
+        storage = open_storage(storage_url, s.heartbeat_seconds)
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own lines say what happened to each trial
         study = open_study(config, storage, sampler, pruner)
         existing = len(study.get_trials(deepcopy=False))
@@ -284,6 +220,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (ConfigError, StudyMismatch, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
+
+    if args.worker:  # the launcher has set everything up; just run trials
+        parent_id = study.user_attrs["mlflow_parent_run_id"]
+        return 0 if _run_here(config, study, tracker, parent_id, device, quiet=True) else 130
 
     commit = git_commit()
     parent_id = study.user_attrs.get("mlflow_parent_run_id")
@@ -292,74 +234,58 @@ def main(argv: Optional[list[str]] = None) -> int:
     else:
         parent_id = tracker.start_parent(s.name, {"study": s.name, "sampler": s.sampler, "pruner": s.pruner,
                                                   "metric": s.metric, "direction": s.direction,
-                                                  "storage": redact(storage_url), "git_commit": commit,
-                                                  "dataset": config.data.dataset, "model": config.model.arch})
+                                                  "storage": redact(storage_url), "dataset": config.data.dataset,
+                                                  "model": config.model.arch})
         study.set_user_attr("mlflow_parent_run_id", parent_id)
         tracker.log_text(parent_id, dump_config(config), "config.yaml")
-    command = "python -m alexnet_exp.sweep " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m alexnet_exp.sweep " + " ".join(argv)
     command = command.replace(storage_url, redact(storage_url))  # never record a password
-    environment = {"command": command, "device": str(device), "git_commit": commit, **library_versions()}
+    environment = {"command": command, "device": str(device), "workers": n_workers, "git_commit": commit,
+                   **library_versions()}
     study.set_user_attr("environment", environment)  # the latest invocation; the report shows it
     tracker.set_tags(parent_id, environment)
     running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     closed = tracker.close_stale(parent_id, running)
     added = enqueue_baselines(study, config)
-    done = count_verdicts(study)
-    weights_dir = Path("sweeps") / s.name / "weights"  # only the best trial's are kept
+    requeued = requeue_interrupted(study)
+    done, _, _ = budget_state(study)
     print(f"study {s.name}: {done}/{s.n_trials} trials finished{', resuming' if done else ''}; "
-          f"storage {redact(storage_url)}; device {device}")
-    if closed:
-        print(f"closed {len(closed)} stale MLflow run(s) left RUNNING by an ended process")
-    if added:
-        print(f"enqueued {added} baseline(s)")
+          f"storage {redact(storage_url)}; device {device}; {n_workers} worker(s)")
+    for count, what in ((closed, "stale MLflow run(s) left RUNNING by an ended process closed as failed"),
+                        (added, "baseline(s) enqueued"), (requeued, "interrupted trial(s) queued to resume")):
+        if count:
+            print(f"{count} {what}")
     print(f"MLflow: {tracker.tracking_uri} -> {tracker.ui_link()} (run `mlflow ui` in this folder)")
 
-    cache = DataCache(device)
-    progress = SweepProgress(s.n_trials, min(done, s.n_trials), config.train.epochs, s.metric, args.quiet)
-    ctx = TrialContext(config, tracker, parent_id, cache, weights_dir, progress,
-                       {"study": s.name, "sampler": s.sampler, "device": str(device), "git_commit": commit})
-    max_errors = max(3, s.n_trials)
-
-    def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        value = trial.value if trial.state == TrialState.COMPLETE else None
-        note = trial.user_attrs.get("fail_reason", "")
-        if trial.state == TrialState.PRUNED:
-            note = f"pruned at epoch {trial.user_attrs.get('pruned_at_epoch', '?')}"
-        best = study.best_value if any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)) \
-            else None
-        progress.trial_finished(trial.number, trial.state.name, value, note, best, is_verdict(trial))
-        if count_verdicts(study) >= s.n_trials:
-            study.stop()
-        elif count_errors(study) >= max_errors:
-            print(f"stopping: {count_errors(study)} trials raised errors (see their MLflow runs' error.txt)",
-                  file=sys.stderr)
-            study.stop()
-
     started = time.monotonic()
-    status = "FINISHED"
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        if done < s.n_trials:
-            try:
-                cache.get(config.data)  # load once up front: a missing dataset is one clear error, not N failures
-            except DataError as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                tracker.finish(parent_id, "FAILED", {"fail_reason": str(exc)})
-                return 2
-            study.optimize(lambda trial: run_trial(trial, ctx), timeout=s.timeout, callbacks=[after_trial],
-                           catch=(TrialFailed, Exception), gc_after_trial=False)
-    except KeyboardInterrupt:
-        status = "KILLED"
-        print("\ninterrupted: the running trial is marked failed; run the same command to resume", file=sys.stderr)
-    finally:
-        progress.close()
-    summary = finalize(study, config, tracker, parent_id, cache, weights_dir) if status == "FINISHED" else None
+    finished = True
+    if done < s.n_trials:
+        try:
+            DataCache(device).get(config.data)  # one clear error up front, not one per trial
+        except DataError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            tracker.finish(parent_id, "FAILED", {"fail_reason": str(exc)})
+            return 2
+        if n_workers == 1:
+            finished = _run_here(config, study, tracker, parent_id, device, args.quiet)
+        else:
+            workers = start_workers(python_command("alexnet_exp.sweep", argv + ["--worker", "--quiet"]),
+                                    n_workers, gpus)
+            print(f"started {n_workers} workers (pids {', '.join(str(w.pid) for w in workers)})"
+                  f"{'; GPUs ' + ','.join(gpus) if gpus else ''}")
+            finished = wait_for_workers(workers)
+            if not finished:
+                print("interrupted: workers stopped, their running trials marked failed; run the same command "
+                      "to resume", file=sys.stderr)
+    summary = None
+    if finished:
+        summary = finalize(study, config, tracker, parent_id, DataCache(device), Path("sweeps") / s.name / "weights")
     counts = {state.name.lower(): 0 for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
     for t in study.get_trials(deepcopy=False):
         if t.state.name.lower() in counts:
             counts[t.state.name.lower()] += 1
     tracker.log_metrics(parent_id, {f"trials_{k}": v for k, v in counts.items()}, step=0)
-    tracker.finish(parent_id, status)
+    tracker.finish(parent_id, "FINISHED" if finished else "KILLED")
     print(f"\nstudy {s.name}: {', '.join(f'{v} {k}' for k, v in counts.items())} "
           f"in {time.monotonic() - started:.0f} s")
     if summary:
@@ -367,10 +293,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                 if "test_accuracy" in summary else "")
         print(f"best trial {summary['trial']}: {s.metric} {summary['value']:.4f}{test}")
         print(f"  {json.dumps(summary['params'])}")
-    elif status == "FINISHED":
+    elif finished:
         print("no trial completed: nothing to evaluate on the test split")
     print(f"MLflow runs: {tracker.ui_link()}")
-    return 0 if status == "FINISHED" else 130
+    return 0 if finished else 130
 
 
 if __name__ == "__main__":

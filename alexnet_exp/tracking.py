@@ -75,6 +75,12 @@ class Tracker:
                                      tags={ROLE_TAG: "study", **{k: _text(v) for k, v in tags.items()}})
         return run.info.run_id
 
+    def run_status(self, run_id: str) -> Optional[str]:
+        try:
+            return self.client.get_run(run_id).info.status
+        except mlflow.exceptions.MlflowException:
+            return None
+
     def reopen(self, run_id: str) -> None:
         self.client.update_run(run_id, status="RUNNING")
 

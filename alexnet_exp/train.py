@@ -119,6 +119,13 @@ class Schedule:
         if self.per_step:
             self.impl.step()
 
+    def state_dict(self) -> dict:
+        return self.impl.state_dict() if self.impl is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.impl is not None:
+            self.impl.load_state_dict(state)
+
     def after_epoch(self, val_error: float) -> None:
         if self.name == "plateau":
             self.impl.step(val_error)
@@ -167,12 +174,16 @@ def fit(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: t
         lr_factor: float = 0.1, plateau_patience: int = 2, label_smoothing: float = 0.0, seed: int = 0,
         eval_batch_size: int = 1024, stall_epochs: int = 3, loss_every_steps: int = 10,
         compile: bool = False, on_epoch: Optional[Callable[[EpochMetrics], None]] = None,
-        on_batch: Optional[Callable[[int, int], None]] = None) -> FitResult:
+        on_batch: Optional[Callable[[int, int], None]] = None,
+        on_checkpoint: Optional[Callable[[dict], None]] = None, resume: Optional[dict] = None) -> FitResult:
     """Train `model` on uint8 images held on the training device; validate after every epoch.
 
     Ends early with status `diverged` (non-finite loss) or `stalled` (at chance for `stall_epochs` epochs).
     `on_epoch` gets each epoch's metrics and may raise to stop; `on_batch(step, steps_per_epoch)` drives a
     progress bar. The loss is read back from the device once per epoch, not per step.
+    `on_checkpoint` gets the full training state after each epoch (model, optimiser, schedule, RNG, history:
+    tensors and plain types only); passing such a state as `resume` continues from the epoch after it, with
+    the same results as an uninterrupted run.
     """
     device = train_x.device
     torch.manual_seed(seed)
@@ -193,7 +204,19 @@ def fit(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: t
     history: list[EpochMetrics] = []
     stalled_for = 0
     global_step = 0
-    for epoch in range(1, epochs + 1):
+    first_epoch = 1
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["schedule"])
+        torch.set_rng_state(resume["rng_cpu"])
+        generator.set_state(resume["rng_generator"].to(generator.get_state().device))
+        if device.type == "cuda" and resume.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(resume["rng_cuda"], device)
+        history = [EpochMetrics(**m) for m in resume["history"]]
+        stalled_for, global_step = resume["stalled_for"], resume["global_step"]
+        first_epoch = resume["epoch"] + 1
+    for epoch in range(first_epoch, epochs + 1):
         model.train()
         started = time.perf_counter()
         order = torch.randperm(n, device=device, generator=generator)
@@ -239,6 +262,13 @@ def fit(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: t
                                         f"ln C = {math.log(num_classes):.4f}, val accuracy {val.accuracy:.3f})",
                              history)
         sched.after_epoch(1.0 - val.accuracy)
+        if on_checkpoint is not None:
+            on_checkpoint({
+                "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "schedule": sched.state_dict(), "rng_cpu": torch.get_rng_state(),
+                "rng_generator": generator.get_state(),
+                "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                "history": [vars(m) for m in history], "stalled_for": stalled_for, "global_step": global_step})
     return FitResult("completed", "", history)
 
 

@@ -153,3 +153,24 @@ def test_gpu_path_bf16_channels_last(tiny_data):
     assert result.status in ("completed", "stalled")
     assert next(model.parameters()).is_cuda
     assert all(math.isfinite(m.train_loss) for m in result.history)
+
+
+def test_resume_from_a_checkpoint_gives_the_uninterrupted_result(tiny_data, tmp_path):
+    model, augmenter = parts(tiny_data, crop_padding=4, flip=True, pca_sigma=0.1)
+    full = run(tiny_data, model, augmenter, epochs=3, schedule="cosine")
+
+    saved = {}
+
+    def keep(state):
+        path = tmp_path / f"epoch{state['epoch']}.pt"
+        torch.save(state, path)  # round trip through the file format the sweep uses
+        saved[state["epoch"]] = path
+
+    model, augmenter = parts(tiny_data, crop_padding=4, flip=True, pca_sigma=0.1)
+    run(tiny_data, model, augmenter, epochs=3, schedule="cosine", on_checkpoint=keep)
+    state = torch.load(saved[1], weights_only=True)
+    model, augmenter = parts(tiny_data, crop_padding=4, flip=True, pca_sigma=0.1)
+    resumed = run(tiny_data, model, augmenter, epochs=3, schedule="cosine", resume=state)
+    assert [m.epoch for m in resumed.history] == [1, 2, 3]
+    assert [(m.train_loss, m.val_loss, m.val_accuracy) for m in resumed.history] == \
+        [(m.train_loss, m.val_loss, m.val_accuracy) for m in full.history]

@@ -1,0 +1,130 @@
+"""The study's state in its Optuna storage: opening it, refusing a mismatched resume, baselines, retries."""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from .config import ConfigError, RunConfig, dump_config
+from .space import baseline_name, baseline_trial, space_signature
+
+# Heartbeats and the stale-trial retry are marked experimental; they are what makes killed workers recoverable.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+# Fixed values that may change between runs of one study without changing what a trial means.
+OPERATIONAL_KEYS = {"data.root", "data.download", "train.device", "train.eval_batch_size", "train.compile"}
+MAX_RETRIES = 2
+
+
+class StudyMismatch(RuntimeError):
+    pass
+
+
+def default_storage(study_name: str, sweeps_dir: Path = Path("sweeps")) -> str:
+    folder = sweeps_dir / study_name
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'optuna.db'}"
+
+
+def redact(url: str) -> str:
+    """A storage URL fit to print or log: the password replaced by ***."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("@")[-1] if "@" in url else url
+
+
+def retry_callback() -> optuna.storages.RetryHeartbeatStaleTrialCallback:
+    # inherit_intermediate_values: the retry resumes from a checkpoint, so the pruner must see those epochs.
+    return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES, inherit_intermediate_values=True)
+
+
+def open_storage(url: str, heartbeat_seconds: int = 20) -> optuna.storages.BaseStorage:
+    if not url.split(":", 1)[0].split("+", 1)[0] in ("sqlite", "postgresql", "mysql"):
+        raise ConfigError("study.storage", [f"study.storage: {redact(url)!r} is not an Optuna RDB URL "
+                                            f"(sqlite:///path.db, postgresql://user:pass@host/db, mysql://...)"])
+    try:
+        # The heartbeat lets a later worker find trials whose process died, fail them and retry them.
+        engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+        # sqlite: wait up to a minute for the write lock instead of failing with "database is locked";
+        # servers: test pooled connections before use, so a dropped connection is replaced, not an error.
+        return optuna.storages.RDBStorage(
+            url, engine_kwargs=engine, heartbeat_interval=heartbeat_seconds, grace_period=3 * heartbeat_seconds,
+            heartbeat_stale_trial_callback=retry_callback())
+    except Exception as exc:
+        raise ConfigError("study.storage", [f"cannot open storage {redact(url)}: {type(exc).__name__}: "
+                                            f"{str(exc).splitlines()[0]}"]) from None
+
+
+def fixed_signature(config: RunConfig) -> dict:
+    return {k: v for k, v in config.flat().items() if k not in OPERATIONAL_KEYS and k not in config.space}
+
+
+def open_study(config: RunConfig, storage, sampler, pruner) -> optuna.Study:
+    """Create the study, or load it and refuse it when it was made for another objective, space or config."""
+    s = config.study
+    study = optuna.create_study(study_name=s.name, storage=storage, sampler=sampler, pruner=pruner,
+                                direction=s.direction, load_if_exists=True)
+    attrs = study.user_attrs
+    if "metric" not in attrs:  # new study: record what it is
+        study.set_user_attr("metric", s.metric)
+        study.set_user_attr("space", space_signature(config.space))
+        study.set_user_attr("fixed", json.dumps(fixed_signature(config), sort_keys=True))
+        study.set_user_attr("config", dump_config(config))
+        return study
+    problems = []
+    if study.direction.name.lower() != s.direction:
+        problems.append(f"direction: stored {study.direction.name.lower()}, YAML {s.direction}")
+    if attrs["metric"] != s.metric:
+        problems.append(f"metric: stored {attrs['metric']}, YAML {s.metric}")
+    if attrs.get("space") != space_signature(config.space):
+        stored = json.loads(attrs.get("space", "{}"))
+        now = json.loads(space_signature(config.space))
+        changed = sorted(k for k in set(stored) | set(now) if stored.get(k) != now.get(k))
+        problems.append(f"space: differs in {', '.join(changed)}")
+    stored_fixed = json.loads(attrs.get("fixed", "{}"))
+    now_fixed = fixed_signature(config)
+    changed = sorted(k for k in set(stored_fixed) | set(now_fixed) if stored_fixed.get(k) != now_fixed.get(k))
+    if changed:
+        problems.append("fixed values: " + ", ".join(f"{k} stored {stored_fixed.get(k)!r}, now {now_fixed.get(k)!r}"
+                                                     for k in changed))
+    if problems:
+        raise StudyMismatch(
+            f"study {s.name!r} already exists with a different setup, and trials of both would be mixed:\n  - "
+            + "\n  - ".join(problems)
+            + f"\nUse another study name (--study-name NEW) or delete the study (sweeps/{s.name}/ for the default "
+              f"storage) to start over.")
+    return study
+
+
+def enqueue_baselines(study: optuna.Study, config: RunConfig) -> int:
+    done = set(json.loads(study.user_attrs.get("baselines_enqueued", "[]")))
+    added = 0
+    for i, baseline in enumerate(config.baselines):
+        name = baseline_name(baseline, i)
+        if name in done:
+            continue
+        params, fixed = baseline_trial(baseline, config)
+        study.enqueue_trial(params, user_attrs={"baseline": name, "fixed": json.dumps(fixed)})
+        done.add(name)
+        added += 1
+    study.set_user_attr("baselines_enqueued", json.dumps(sorted(done)))
+    return added
+
+
+def requeue_interrupted(study: optuna.Study) -> int:
+    """Trials failed by Ctrl-C/SIGTERM run again with the same parameters (resuming from their checkpoint)."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    callback = retry_callback()
+    added = 0
+    for t in trials:
+        if t.state == TrialState.FAIL and t.user_attrs.get("fail_kind") == "interrupted" and t.number not in retried:
+            callback(study, t)
+            added += 1
+    return added
