@@ -28,6 +28,19 @@ def resolve_tracking_uri(configured: Optional[str]) -> str:
     return mlflow.get_tracking_uri()
 
 
+def check_server(uri: str, timeout: float = 10.0) -> None:
+    """Fail fast with a clear message: MLflow's client would retry an unreachable server for minutes."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+            response.read()
+    except (urllib.error.URLError, OSError) as exc:
+        raise RuntimeError(f"cannot reach the MLflow tracking server at {uri} ({exc}); start it "
+                           f"(see README, Scaling out) or fix --tracking-uri / MLFLOW_TRACKING_URI") from None
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -39,6 +52,8 @@ def _text(value: Any) -> str:
 class Tracker:
     def __init__(self, tracking_uri: str, experiment_name: str):
         self.tracking_uri = tracking_uri
+        if tracking_uri.startswith(("http://", "https://")):
+            check_server(tracking_uri)
         self.client = MlflowClient(tracking_uri)
         self.experiment_id = self._ensure_experiment(experiment_name)
 

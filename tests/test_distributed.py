@@ -1,0 +1,61 @@
+"""The multi-machine setup on one machine: a real PostgreSQL study storage and a real MLflow tracking server
+(backed by PostgreSQL) on loopback, with several worker processes."""
+import os
+import subprocess
+import sys
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from alexnet_exp.workers import is_verdict
+from servers import PASSWORD, start_mlflow_server, start_postgres
+from sweep_helpers import write_config
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    port, stop_pg = start_postgres()
+    base = f"postgresql://alex:{PASSWORD}@127.0.0.1:{port}"
+    try:
+        url, mlflow_proc = start_mlflow_server(f"{base}/mlflow", tmp_path_factory.mktemp("artifacts"))
+    except Exception:
+        stop_pg()
+        raise
+    yield f"{base}/optuna", url
+    mlflow_proc.terminate()
+    mlflow_proc.wait(timeout=30)
+    stop_pg()
+
+
+def test_three_workers_on_postgres_and_a_tracking_server(servers, tmp_path):
+    storage, tracking = servers
+    cfg = write_config(tmp_path / "s.yaml", study={"name": "tiny", "n_trials": 6, "sampler": "tpe",
+                                                   "pruner": "median"})
+    proc = subprocess.run([sys.executable, "-m", "alexnet_exp.sweep", str(cfg), "--quiet", "--workers", "3",
+                           "--storage", storage], cwd=tmp_path, capture_output=True, text=True, timeout=400,
+                          env={**os.environ, "MLFLOW_TRACKING_URI": tracking})
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-4000:]
+    assert PASSWORD not in output
+
+    trials = optuna.load_study(study_name="tiny", storage=storage).get_trials()
+    assert sum(is_verdict(t) for t in trials) == 6
+    assert len({t.user_attrs["worker_pid"] for t in trials if "worker_pid" in t.user_attrs}) >= 2
+
+    client = MlflowClient(tracking)
+    exp = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("role") == "study"]
+    children = [r for r in runs if r.data.tags.get("role") == "trial"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    numbers = sorted(int(c.data.tags["trial"]) for c in children)
+    assert numbers == sorted(t.number for t in trials if t.user_attrs.get("fail_kind") != "surplus")
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+    assert all(c.info.status != "RUNNING" for c in children)
+    for run in [parents[0], *children]:  # the storage password is nowhere in what MLflow holds
+        assert PASSWORD not in repr(run.data.params) + repr(run.data.tags)
+    assert "alex:***@" in parents[0].data.tags["storage"]
+    # artifacts went through the server to its artifact store
+    done = [c for c in children if c.data.tags["state"] == "COMPLETE"]
+    assert done and any(a.path == "config.yaml" for a in client.list_artifacts(done[0].info.run_id))

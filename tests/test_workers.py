@@ -1,0 +1,162 @@
+"""Many workers on one study, and the faults they must survive. Real processes, real signals, real stores."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from alexnet_exp.workers import is_verdict
+from sweep_helpers import mlflow_runs, run_sweep, write_config
+
+
+def launch(tmp_path, config, *flags, env=None):
+    return subprocess.Popen(
+        [sys.executable, "-m", "alexnet_exp.sweep", str(config), "--quiet", "--tracking-uri",
+         f"sqlite:///{tmp_path / 'mlflow.db'}", *flags],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, **(env or {})})
+
+
+def study_of(tmp_path, name="tiny"):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'sweeps' / name / 'optuna.db'}")
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = predicate()
+        if found:
+            return found
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def running_trial_at_epoch(tmp_path, epoch):
+    def check():
+        if not (tmp_path / "sweeps" / "tiny" / "optuna.db").exists():
+            return None
+        try:
+            trials = study_of(tmp_path).get_trials()
+        except Exception:  # the study is still being created
+            return None
+        return next((t for t in trials if t.state == TrialState.RUNNING and "worker_pid" in t.user_attrs
+                     and max(t.intermediate_values, default=0) >= epoch), None)
+    return check
+
+
+def assert_consistent(tmp_path, budget):
+    trials = study_of(tmp_path).get_trials()
+    assert sum(is_verdict(t) for t in trials) == budget
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    _, parents, children = mlflow_runs(tmp_path)
+    assert len(parents) == 1
+    assert not [c for c in children if c.info.status == "RUNNING"]
+    numbers = [int(c.data.tags["trial"]) for c in children]
+    assert len(numbers) == len(set(numbers))  # one run per trial, no trial run twice
+    ran = {t.number for t in trials if t.user_attrs.get("fail_kind") != "surplus"}
+    assert set(numbers) == ran
+    return trials, children
+
+
+SLOW = dict(data={"synthetic_train_size": 1600}, model={"width": 0.25}, train={"epochs": 8})
+
+
+def test_four_local_workers_share_one_budget(tmp_path):
+    cfg = write_config(tmp_path / "s.yaml", study={"name": "tiny", "n_trials": 8, "sampler": "random",
+                                                   "pruner": "none"})
+    proc = launch(tmp_path, cfg, "--workers", "4")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert "database is locked" not in out
+    assert "started 4 workers" in out
+    trials, children = assert_consistent(tmp_path, 8)
+    assert len({c.data.tags.get("device") for c in children}) == 1
+    pids = {t.user_attrs["worker_pid"] for t in trials if "worker_pid" in t.user_attrs}
+    assert len(pids) >= 2  # the trials really were spread over processes
+
+
+def test_injected_out_of_memory_fails_one_trial_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ALEXNET_EXP_INJECT_OOM", "1")
+    cfg = write_config(tmp_path / "s.yaml")
+    assert run_sweep(tmp_path, cfg) == 0
+    trials = study_of(tmp_path).get_trials()
+    assert trials[1].state == TrialState.FAIL and trials[1].user_attrs["fail_kind"] == "out_of_memory"
+    assert "out of memory" in trials[1].user_attrs["fail_reason"]
+    assert [t.state for t in trials if t.number != 1] == [TrialState.COMPLETE] * 2
+    assert_consistent(tmp_path, 3)
+
+
+def test_killed_worker_trial_is_retried_from_its_checkpoint(tmp_path):
+    cfg = write_config(tmp_path / "s.yaml", **SLOW,
+                       study={"name": "tiny", "n_trials": 3, "sampler": "random", "pruner": "none",
+                              "heartbeat_seconds": 1})
+    proc = launch(tmp_path, cfg, "--workers", "2")
+    try:
+        victim = wait_for(running_trial_at_epoch(tmp_path, 2), 240, "a trial at epoch 2")
+        os.kill(victim.user_attrs["worker_pid"], signal.SIGKILL)
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out
+    trials, children = assert_consistent(tmp_path, 3)
+    killed = next(t for t in trials if t.number == victim.number)
+    assert killed.state == TrialState.FAIL and "fail_kind" not in killed.user_attrs
+    retry = next(t for t in trials if t.system_attrs.get("failed_trial") == victim.number)
+    assert retry.params == killed.params
+    assert json.loads(retry.user_attrs["values"]) == json.loads(killed.user_attrs["values"])
+    assert retry.user_attrs["resumed_from_epoch"] >= 2
+    assert retry.state == TrialState.COMPLETE and len(retry.intermediate_values) == 8
+    runs = {int(c.data.tags["trial"]): c for c in children}
+    assert runs[victim.number].info.status == "FAILED"
+    assert runs[retry.number].data.tags["retry_of_trial"] == str(victim.number)
+    assert runs[retry.number].data.tags["retry_of_run"] == runs[victim.number].info.run_id
+
+
+def test_sigterm_on_the_launcher_fails_running_trials_and_a_rerun_resumes(tmp_path):
+    cfg = write_config(tmp_path / "s.yaml", **SLOW,
+                       study={"name": "tiny", "n_trials": 3, "sampler": "random", "pruner": "none"})
+    proc = launch(tmp_path, cfg, "--workers", "2")
+    try:
+        wait_for(running_trial_at_epoch(tmp_path, 1), 240, "a trial at epoch 1")
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, out
+    trials = study_of(tmp_path).get_trials()
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    interrupted = [t for t in trials if t.user_attrs.get("fail_kind") == "interrupted"]
+    assert interrupted
+    client, parents, children = mlflow_runs(tmp_path)
+    assert not [c for c in children if c.info.status == "RUNNING"]
+    assert parents[0].info.status == "KILLED"
+
+    rerun = launch(tmp_path, cfg)
+    out, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, out
+    assert "interrupted trial(s) queued to resume" in out
+    trials, _ = assert_consistent(tmp_path, 3)
+    resumed = [t for t in trials if t.system_attrs.get("failed_trial") in {i.number for i in interrupted}]
+    assert resumed and all(t.params == next(i for i in interrupted if i.number == t.system_attrs["failed_trial"])
+                           .params for t in resumed)
+    assert any(t.user_attrs.get("resumed_from_epoch", 0) >= 1 for t in resumed)
+
+
+def test_unreachable_storage_or_tracking_server_is_a_clear_error_before_training(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    cfg = write_config(tmp_path / "s.yaml")
+    code = run_sweep(tmp_path, cfg, "--storage", "postgresql://alice:s3cret@127.0.0.1:9/optuna")
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot open storage" in err and "s3cret" not in err and "alice:***@" in err
+    from alexnet_exp import sweep
+
+    code = sweep.main([str(cfg), "--quiet", "--tracking-uri", "http://127.0.0.1:9"])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot reach the MLflow tracking server at http://127.0.0.1:9" in err
+    assert not (tmp_path / "mlflow.db").exists()
