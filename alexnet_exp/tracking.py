@@ -51,6 +51,8 @@ def _text(value: Any) -> str:
 
 class Tracker:
     def __init__(self, tracking_uri: str, experiment_name: str):
+        # The sweep prints the runs table's link itself; MLflow would print one per finished run.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.tracking_uri = tracking_uri
         if tracking_uri.startswith(("http://", "https://")):
             check_server(tracking_uri)
