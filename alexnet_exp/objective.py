@@ -25,10 +25,7 @@ from .progress import SweepProgress
 from .space import suggest
 from .tracking import Tracker
 from .train import EpochMetrics, evaluate
-
-# Failures that are a verdict on the hyperparameters (they count toward the trial budget); any other
-# failure (an exception, a killed worker) is not, and the budget is made up by later trials.
-VERDICT_FAILURES = ("diverged", "stalled", "invalid", "out_of_memory")
+from .workers import surplus
 
 
 class TrialFailed(Exception):
@@ -131,8 +128,6 @@ def _log_epoch(ctx: TrialContext, run_id: str, m: EpochMetrics) -> None:
 
 
 def run_trial(trial: optuna.Trial, ctx: TrialContext, n_trials: int) -> float:
-    from .workers import surplus
-
     if surplus(trial.study, trial.number, n_trials):
         trial.set_user_attr("fail_kind", "surplus")
         trial.set_user_attr("fail_reason", "the budget was taken by other workers' trials")

@@ -156,14 +156,15 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _run_here(config: RunConfig, study: optuna.Study, tracker: Tracker, parent_id: str, device, quiet: bool) -> bool:
+def _run_here(config: RunConfig, study: optuna.Study, tracker: Tracker, parent_id: str, cache: DataCache,
+              quiet: bool) -> bool:
     """Run trials in this process until the budget is met; False when interrupted."""
     s = config.study
     verdicts, _, _ = budget_state(study)
     progress = SweepProgress(s.n_trials, min(verdicts, s.n_trials), config.train.epochs, s.metric, quiet,
                              prefix=worker_label())
-    ctx = TrialContext(config, tracker, parent_id, DataCache(device), Path("sweeps") / s.name / "weights", progress,
-                       {"study": s.name, "sampler": s.sampler, "device": str(device), "git_commit": git_commit()},
+    ctx = TrialContext(config, tracker, parent_id, cache, Path("sweeps") / s.name / "weights", progress,
+                       {"study": s.name, "sampler": s.sampler, "device": str(cache.device), "git_commit": git_commit()},
                        Path("sweeps") / s.name / "checkpoints" if s.checkpoint else None)
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -225,7 +226,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     if args.worker:  # the launcher has set everything up; just run trials
         parent_id = study.user_attrs["mlflow_parent_run_id"]
-        return 0 if _run_here(config, study, tracker, parent_id, device, quiet=True) else 130
+        return 0 if _run_here(config, study, tracker, parent_id, DataCache(device), quiet=True) else 130
 
     commit = git_commit()
     parent_id = study.user_attrs.get("mlflow_parent_run_id")
@@ -259,15 +260,16 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     started = time.monotonic()
     finished = True
+    cache = DataCache(device)  # each dataset loaded once in this process, for the trials and the test evaluation
     if done < s.n_trials:
         try:
-            DataCache(device).get(config.data)  # one clear error up front, not one per trial
+            cache.get(config.data)  # one clear error up front, not one per trial
         except DataError as exc:
             print(f"error: {exc}", file=sys.stderr)
             tracker.finish(parent_id, "FAILED", {"fail_reason": str(exc)})
             return 2
         if n_workers == 1:
-            finished = _run_here(config, study, tracker, parent_id, device, args.quiet)
+            finished = _run_here(config, study, tracker, parent_id, cache, args.quiet)
         else:
             workers = start_workers(python_command("alexnet_exp.sweep", argv + ["--worker", "--quiet"]),
                                     n_workers, gpus)
@@ -279,7 +281,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                       "to resume", file=sys.stderr)
     summary = None
     if finished:
-        summary = finalize(study, config, tracker, parent_id, DataCache(device), Path("sweeps") / s.name / "weights")
+        summary = finalize(study, config, tracker, parent_id, cache, Path("sweeps") / s.name / "weights")
     counts = {state.name.lower(): 0 for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
     for t in study.get_trials(deepcopy=False):
         if t.state.name.lower() in counts:

@@ -16,9 +16,11 @@ from typing import Callable, Optional
 import optuna
 from optuna.trial import TrialState
 
-from .objective import VERDICT_FAILURES
-
 POLL_SECONDS = 1.0
+
+# Failures that are a verdict on the hyperparameters (they count toward the trial budget); any other
+# failure (an exception, a killed or interrupted worker, a surplus trial) is not, and later trials make it up.
+VERDICT_FAILURES = ("diverged", "stalled", "invalid", "out_of_memory")
 
 
 def is_verdict(trial: optuna.trial.FrozenTrial) -> bool:

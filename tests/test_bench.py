@@ -1,0 +1,12 @@
+import pytest
+
+from alexnet_exp.bench import train_macs
+from alexnet_exp.model import build_model
+
+
+def test_mac_count_matches_the_paper_network():
+    # The paper's two-GPU network: about 0.72 GMAC per 227x227 image (~4.3 GFLOP per trained image).
+    grouped = train_macs(build_model("alexnet", 1000, groups=2), 227)
+    assert grouped == pytest.approx(0.72e9, rel=0.03)
+    # One GPU, no grouping: conv2/4/5 see all channels, about 1.13 GMAC.
+    assert train_macs(build_model("alexnet", 1000, groups=1), 227) == pytest.approx(1.13e9, rel=0.03)
