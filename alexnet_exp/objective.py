@@ -234,9 +234,8 @@ def evaluate_on_test(config: RunConfig, cache: DataCache, weights: Path):
     """Evaluate saved weights once on the held-out test split (only ever for the chosen best trial)."""
     data, stats = cache.get(config.data)
     size = input_size(config.model, config.augment)
-    model = make_model(config.model, data.num_classes, size, config.train.seed)
-    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    model.to(data.test_x.device)
+    model = make_model(config.model, data.num_classes, size, config.train.seed, data.test_x.device)
+    model.load_state_dict(torch.load(weights, map_location=data.test_x.device, weights_only=True))
     result = evaluate(model, data.test_x, data.test_y, make_augmenter(config.augment, stats, size),
                       data.num_classes, config.train.eval_batch_size)
     return model, result

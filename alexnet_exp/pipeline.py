@@ -41,10 +41,12 @@ def make_augmenter(cfg: AugmentConfig, stats: ColorStats, size: int) -> BatchAug
                           flip=cfg.flip, pca_sigma=cfg.pca_color, normalize=cfg.normalize)
 
 
-def make_model(cfg: ModelConfig, num_classes: int, size: int, seed: int) -> AlexNet:
-    torch.manual_seed(seed)  # the same seed gives the same initial weights
-    return build_model(cfg.arch, num_classes, norm=cfg.norm, groups=cfg.groups, dropout=cfg.dropout,
-                       width=cfg.width, init=cfg.init, input_size=size)
+def make_model(cfg: ModelConfig, num_classes: int, size: int, seed: int,
+               device: torch.device = torch.device("cpu")) -> AlexNet:
+    torch.manual_seed(seed)  # the same seed gives the same initial weights (per device type)
+    with device:  # initialise where it trains: the paper net's 60M weights take 0.65 s on a 2-core CPU
+        return build_model(cfg.arch, num_classes, norm=cfg.norm, groups=cfg.groups, dropout=cfg.dropout,
+                           width=cfg.width, init=cfg.init, input_size=size)
 
 
 def train_run(config: RunConfig, cache: DataCache, on_epoch: Optional[Callable[[EpochMetrics], None]] = None,
@@ -54,7 +56,7 @@ def train_run(config: RunConfig, cache: DataCache, on_epoch: Optional[Callable[[
     data, stats = cache.get(config.data)
     size = input_size(config.model, config.augment)
     augmenter = make_augmenter(config.augment, stats, size)
-    model = make_model(config.model, data.num_classes, size, config.train.seed)
+    model = make_model(config.model, data.num_classes, size, config.train.seed, data.train_x.device)
     hp = {k: getattr(config.train, k) for k in FIT_KEYS}
     result = fit(model, data.train_x, data.train_y, data.val_x, data.val_y, augmenter, data.num_classes,
                  on_epoch=on_epoch, on_batch=on_batch, on_checkpoint=on_checkpoint, resume=resume, **hp)

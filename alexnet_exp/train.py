@@ -146,7 +146,7 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, augme
     device = images.device
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
-    channels_last = device.type == "cuda"
+    channels_last = device.type in ("cuda", "cpu")
     for start in range(0, len(labels), batch_size):
         x = augmenter.eval(images[start:start + batch_size])
         if channels_last:
@@ -188,10 +188,9 @@ def fit(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: t
     device = train_x.device
     torch.manual_seed(seed)
     generator = torch.Generator(device=device).manual_seed(seed)
-    if device.type == "cuda":
-        model = model.to(device, memory_format=torch.channels_last)
-    else:
-        model = model.to(device)
+    # channels_last: the layout cuDNN's and oneDNN's convolution kernels prefer (about 3% on a 2-core CPU).
+    channels_last = device.type in ("cuda", "cpu")
+    model = model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
     step_model = torch.compile(model) if compile and device.type == "cuda" else model
     opt = make_optimizer(model.parameters(), optimizer, lr, momentum if optimizer == "sgd" else 0.0,
                          nesterov and optimizer == "sgd", weight_decay, fused=device.type == "cuda")
@@ -225,7 +224,7 @@ def fit(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: t
         for step in range(steps_per_epoch):
             idx = order[step * batch_size:(step + 1) * batch_size]
             x = augmenter.train(train_x[idx], generator)
-            if device.type == "cuda":
+            if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = train_y[idx]
             with _autocast(device):

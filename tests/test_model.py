@@ -97,3 +97,10 @@ def test_invalid_choices_list_valid_ones():
         build_model("vgg", num_classes=10)
     with pytest.raises(ValueError, match="too small"):
         build_model("alexnet", num_classes=10, input_size=32)
+
+
+def test_channel_sum_lrn_gradient_is_exact():
+    # An asymmetric window (size 4) and strong alpha, so every term of the analytic backward matters.
+    lrn = ChannelSumLRN(6, size=4, alpha=0.3, beta=0.75, k=1.0).double()
+    x = torch.randn(2, 6, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lrn, (x,), eps=1e-6, atol=1e-7)
