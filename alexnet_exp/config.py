@@ -96,7 +96,7 @@ class TrainConfig(_Section):
     compile: bool = False  # torch.compile the model (CUDA only; pays off on long trials)
 
     @model_validator(mode="after")
-    def _nesterov_needs_momentum(self):
+    def _consistent(self):
         if self.optimizer == "sgd" and self.nesterov and self.momentum == 0:
             raise ValueError("nesterov: true needs momentum > 0 (set train.momentum or nesterov: false)")
         if self.device != "auto" and not re.fullmatch(r"cpu|mps|cuda(:\d+)?", self.device):
@@ -106,7 +106,21 @@ class TrainConfig(_Section):
 
 # ---- sweep sections (read by space.py / sweep.py) --------------------------------------------------------
 
-class FloatParam(_Section):
+class _RangeParam(_Section):
+    """A numeric range; Optuna's own rules, checked before anything runs."""
+
+    @model_validator(mode="after")
+    def _range(self):
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) > high ({self.high}): swap them")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log: true needs low > 0 (got {self.low})")
+        if self.log and self.step not in (None, 1):
+            raise ValueError("step and log: true cannot be combined")
+        return self
+
+
+class FloatParam(_RangeParam):
     type: Literal["float"]
     low: float
     high: float
@@ -114,32 +128,14 @@ class FloatParam(_Section):
     step: Optional[float] = Field(None, gt=0)
     when: dict[str, Any] = {}  # sample only when these parameters have these values
 
-    @model_validator(mode="after")
-    def _range(self):
-        if self.low > self.high:
-            raise ValueError(f"low ({self.low}) > high ({self.high}): swap them")
-        if self.log and self.low <= 0:
-            raise ValueError(f"log: true needs low > 0 (got {self.low})")
-        if self.log and self.step is not None:
-            raise ValueError("step and log: true cannot be combined")
-        return self
 
-
-class IntParam(_Section):
+class IntParam(_RangeParam):
     type: Literal["int"]
     low: int
     high: int
     log: bool = False
     step: int = Field(1, ge=1)
     when: dict[str, Any] = {}
-
-    @model_validator(mode="after")
-    def _range(self):
-        if self.low > self.high:
-            raise ValueError(f"low ({self.low}) > high ({self.high}): swap them")
-        if self.log and self.low <= 0:
-            raise ValueError(f"log: true needs low > 0 (got {self.low})")
-        return self
 
 
 class CategoricalParam(_Section):
@@ -225,7 +221,7 @@ def _suggest(word: str, options: list[str]) -> str:
 def _format_error(err: dict) -> str:
     loc = [str(p) for p in err["loc"]]
     # Union members of the space entries add their tag to the location ("float"); drop it.
-    if len(loc) >= 3 and loc[0] == "space" and loc[2] in ("float", "int", "categorical", "function-after[_range()]"):
+    if len(loc) >= 3 and loc[0] == "space" and loc[2] in ("float", "int", "categorical"):
         loc.pop(2)
     loc = [p for p in loc if not p.startswith("function-after")]
     path = ".".join(loc) or "(top level)"
