@@ -209,6 +209,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         if n_workers < 1:
             raise ConfigError("--workers", ["--workers: must be at least 1"])
         device = resolve_device(config.train.device)
+        cache = DataCache(device)  # each dataset loaded once in this process, for the trials and the test split
+        if not args.worker:
+            cache.get(config.data)  # a missing dataset is one clear error before any state is written
         storage_url = s.storage or default_storage(s.name)
         storage = open_storage(storage_url, s.heartbeat_seconds)
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own lines say what happened to each trial
@@ -218,7 +221,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             # The same seed again would replay the first samples: continue the stream where the study is.
             study.sampler = make_sampler(s.sampler, s.sampler_options, s.seed + existing, config.space)
         tracker = Tracker(resolve_tracking_uri(s.tracking_uri), s.experiment or s.name)
-    except (ConfigError, StudyMismatch, RuntimeError) as exc:
+    except (ConfigError, StudyMismatch, DataError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -226,7 +229,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     if args.worker:  # the launcher has set everything up; just run trials
         parent_id = study.user_attrs["mlflow_parent_run_id"]
-        return 0 if _run_here(config, study, tracker, parent_id, DataCache(device), quiet=True) else 130
+        return 0 if _run_here(config, study, tracker, parent_id, cache, quiet=True) else 130
 
     commit = git_commit()
     parent_id = study.user_attrs.get("mlflow_parent_run_id")
@@ -260,14 +263,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     started = time.monotonic()
     finished = True
-    cache = DataCache(device)  # each dataset loaded once in this process, for the trials and the test evaluation
     if done < s.n_trials:
-        try:
-            cache.get(config.data)  # one clear error up front, not one per trial
-        except DataError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            tracker.finish(parent_id, "FAILED", {"fail_reason": str(exc)})
-            return 2
         if n_workers == 1:
             finished = _run_here(config, study, tracker, parent_id, cache, args.quiet)
         else:

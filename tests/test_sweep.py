@@ -184,3 +184,12 @@ def test_dry_run_trains_nothing(in_tmp, capsys):
 def test_storage_password_is_redacted():
     assert redact("postgresql://alice:s3cret@db.example:5432/optuna") == "postgresql://alice:***@db.example:5432/optuna"
     assert "s3cret" not in redact("postgresql+psycopg2://alice:s3cret@host/db")
+
+
+def test_missing_dataset_is_one_clear_error_before_any_state(in_tmp, capsys):
+    cfg = write_config(in_tmp / "s.yaml", data={"dataset": "cifar100", "root": str(in_tmp / "data"),
+                                               "download": False})
+    assert run_sweep(in_tmp, cfg) == 2
+    err = capsys.readouterr().err
+    assert "cifar-100-python" in err and str(in_tmp / "data") in err
+    assert not (in_tmp / "sweeps").exists() and not (in_tmp / "mlflow.db").exists()
