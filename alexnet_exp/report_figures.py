@@ -49,7 +49,12 @@ def _curves(data: StudyData, metrics: list[tuple[str, str]], path: Path, log_y: 
                     **style)
         ax.set_xlabel("epoch")
         if log_y:  # one diverging trial would otherwise flatten every other curve
+            from matplotlib.ticker import LogFormatter
+
             ax.set_yscale("log")
+            # Plain numbers (0.5, not 5x10^-1); minor ticks are labelled only when the axis spans ~a decade.
+            ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+            ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.4)))
         ax.set_ylabel(label + (" (log scale)" if log_y else ""))
         ax.set_title(label)
         ax.grid(alpha=0.3)
