@@ -25,7 +25,7 @@ from .progress import SweepProgress
 from .space import suggest
 from .tracking import Tracker
 from .train import EpochMetrics, evaluate
-from .workers import surplus
+from .workers import retry_transient, surplus
 
 
 class TrialFailed(Exception):
@@ -170,10 +170,15 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext, n_trials: int) -> float:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected by " + INJECT_OOM_ENV + ")")
         value = getattr(m, ctx.metric)
         _log_epoch(ctx, run_id, m)
-        trial.set_user_attr("epochs_run", m.epoch)
-        trial.report(value, m.epoch)
+
+        def record() -> bool:
+            trial.set_user_attr("epochs_run", m.epoch)
+            trial.report(value, m.epoch)
+            return trial.should_prune()
+
+        prune = retry_transient(record, f"trial {trial.number}'s epoch {m.epoch} report")
         ctx.progress.epoch(trial.number, m.epoch, value)
-        if trial.should_prune():
+        if prune:
             raise optuna.TrialPruned(f"pruned at epoch {m.epoch}")
 
     def on_checkpoint(state: dict) -> None:

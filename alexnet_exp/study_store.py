@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 from pathlib import Path
 
@@ -39,6 +40,21 @@ def redact(url: str) -> str:
         return url.split("@")[-1] if "@" in url else url
 
 
+class ResilientRDBStorage(optuna.storages.RDBStorage):
+    """Optuna's heartbeat thread dies on the first failed write, after which a live trial looks dead. A
+    heartbeat that cannot be written while the database is away is reported and tried again at the next beat."""
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        import sqlalchemy.exc
+
+        try:
+            super().record_heartbeat(trial_id)
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
+                optuna.exceptions.StorageInternalError) as exc:
+            print(f"storage unreachable for a heartbeat ({type(exc).__name__}); trying again at the next beat",
+                  file=sys.stderr, flush=True)
+
+
 def retry_callback() -> optuna.storages.RetryHeartbeatStaleTrialCallback:
     # inherit_intermediate_values: the retry resumes from a checkpoint, so the pruner must see those epochs.
     return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES, inherit_intermediate_values=True)
@@ -53,7 +69,7 @@ def open_storage(url: str, heartbeat_seconds: int = 20) -> optuna.storages.BaseS
         engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
         # sqlite: wait up to a minute for the write lock instead of failing with "database is locked";
         # servers: test pooled connections before use, so a dropped connection is replaced, not an error.
-        return optuna.storages.RDBStorage(
+        return ResilientRDBStorage(
             url, engine_kwargs=engine, heartbeat_interval=heartbeat_seconds, grace_period=3 * heartbeat_seconds,
             heartbeat_stale_trial_callback=retry_callback())
     except Exception as exc:

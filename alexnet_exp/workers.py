@@ -42,6 +42,26 @@ def budget_state(study: optuna.Study) -> tuple[int, int, int]:
     return verdicts, active, errors
 
 
+def _transient_errors() -> tuple[type[BaseException], ...]:
+    import sqlalchemy.exc
+
+    return (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, optuna.exceptions.StorageInternalError)
+
+
+def retry_transient(fn: Callable, what: str, attempts: int = 7):
+    """Call `fn`, retrying while the storage is unreachable (a restart, a network blip): 1+2+...+32 s."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except _transient_errors() as exc:
+            if attempt == attempts - 1:
+                raise
+            delay = 2 ** attempt
+            print(f"{worker_label()}storage unreachable during {what} ({type(exc).__name__}); retrying in {delay} s",
+                  file=sys.stderr, flush=True)
+            time.sleep(delay)
+
+
 def run_trials(study: optuna.Study, objective: Callable, n_trials: int, timeout: Optional[float],
                after_trial: Callable, max_errors: int) -> str:
     """Run trials one at a time until the global budget is met; returns why it stopped."""
@@ -49,10 +69,14 @@ def run_trials(study: optuna.Study, objective: Callable, n_trials: int, timeout:
     while True:
         if timeout is not None and time.monotonic() - started > timeout:
             return "timeout"
-        # Trials whose worker died stop beating; failing them here triggers their retry, even while every
-        # live worker is only waiting.
-        optuna.storages.fail_stale_trials(study)
-        verdicts, active, errors = budget_state(study)
+
+        def check() -> tuple[int, int, int]:
+            # Trials whose worker died stop beating; failing them here triggers their retry, even while every
+            # live worker is only waiting.
+            optuna.storages.fail_stale_trials(study)
+            return budget_state(study)
+
+        verdicts, active, errors = retry_transient(check, "the budget check")
         if verdicts >= n_trials:
             return "budget"
         if errors >= max_errors:
@@ -60,7 +84,15 @@ def run_trials(study: optuna.Study, objective: Callable, n_trials: int, timeout:
         if verdicts + active >= n_trials:
             time.sleep(POLL_SECONDS)
             continue
-        study.optimize(objective, n_trials=1, callbacks=[after_trial], catch=(Exception,), gc_after_trial=False)
+        try:
+            study.optimize(objective, n_trials=1, callbacks=[after_trial], catch=(Exception,),
+                           gc_after_trial=False)
+        except _transient_errors() as exc:
+            # Optuna could not record the end of a trial: it stays RUNNING without a heartbeat, so it is failed
+            # and retried from its checkpoint once the storage is back. Nothing else is lost; carry on.
+            print(f"{worker_label()}storage unreachable while recording a trial ({type(exc).__name__}); it will "
+                  f"be retried", file=sys.stderr, flush=True)
+            time.sleep(POLL_SECONDS)
 
 
 def surplus(study: optuna.Study, number: int, n_trials: int) -> bool:

@@ -59,7 +59,16 @@ def start_postgres():
         subprocess.run(as_postgres + [pg_ctl, "-D", str(data), "-m", "fast", "stop"], capture_output=True)
         shutil.rmtree(folder, ignore_errors=True)
 
-    return port, stop
+    def restart(down_seconds: float = 2.0):
+        """Drop every connection: stop the server, stay down a moment, start it again."""
+        subprocess.run(as_postgres + [pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"], check=True,
+                       capture_output=True)
+        time.sleep(down_seconds)
+        subprocess.run(as_postgres + [pg_ctl, "-D", str(data), "-l", str(folder / "log"), "-w", "-t", "60", "-o",
+                                      f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c max_connections=200",
+                                      "start"], check=True, capture_output=True)
+
+    return port, stop, restart
 
 
 def start_mlflow_server(backend_uri: str, artifacts):

@@ -15,21 +15,21 @@ from sweep_helpers import write_config
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
-    port, stop_pg = start_postgres()
+    port, stop_pg, restart_pg = start_postgres()
     base = f"postgresql://alex:{PASSWORD}@127.0.0.1:{port}"
     try:
         url, mlflow_proc = start_mlflow_server(f"{base}/mlflow", tmp_path_factory.mktemp("artifacts"))
     except Exception:
         stop_pg()
         raise
-    yield f"{base}/optuna", url
+    yield f"{base}/optuna", url, restart_pg
     mlflow_proc.terminate()
     mlflow_proc.wait(timeout=30)
     stop_pg()
 
 
 def test_three_workers_on_postgres_and_a_tracking_server(servers, tmp_path):
-    storage, tracking = servers
+    storage, tracking, _ = servers
     cfg = write_config(tmp_path / "s.yaml", study={"name": "tiny", "n_trials": 6, "sampler": "tpe",
                                                    "pruner": "median"})
     proc = subprocess.run([sys.executable, "-m", "alexnet_exp.sweep", str(cfg), "--quiet", "--workers", "3",
@@ -59,3 +59,29 @@ def test_three_workers_on_postgres_and_a_tracking_server(servers, tmp_path):
     # artifacts went through the server to its artifact store
     done = [c for c in children if c.data.tags["state"] == "COMPLETE"]
     assert done and any(a.path == "config.yaml" for a in client.list_artifacts(done[0].info.run_id))
+
+
+def test_a_storage_outage_mid_sweep_loses_nothing(servers, tmp_path):
+    import time
+
+    from test_workers import running_trial_at_epoch_in, wait_for
+
+    storage, _, restart_pg = servers
+    cfg = write_config(tmp_path / "s.yaml", data={"synthetic_train_size": 1200}, model={"width": 0.25},
+                       train={"epochs": 4}, study={"name": "outage", "n_trials": 2, "sampler": "random",
+                                                   "pruner": "none", "heartbeat_seconds": 2})
+    proc = subprocess.Popen([sys.executable, "-m", "alexnet_exp.sweep", str(cfg), "--quiet", "--storage", storage,
+                             "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(running_trial_at_epoch_in(storage, "outage", 1), 240, "a trial at epoch 1", proc)
+        restart_pg(down_seconds=3)
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out[-4000:]
+    assert "storage unreachable" in out  # the outage really hit the running sweep
+    assert "Traceback" not in out  # and no thread (heartbeat) died of it
+    trials = optuna.load_study(study_name="outage", storage=storage).get_trials()
+    assert sum(is_verdict(t) for t in trials) == 2
+    assert not [t for t in trials if t.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)]

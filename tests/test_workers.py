@@ -38,17 +38,21 @@ def wait_for(predicate, timeout, what, proc):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def running_trial_at_epoch(tmp_path, epoch):
+def running_trial_at_epoch_in(storage, name, epoch):
     def check():
-        if not (tmp_path / "sweeps" / "tiny" / "optuna.db").exists():
-            return None
         try:
-            trials = study_of(tmp_path).get_trials()
+            trials = optuna.load_study(study_name=name, storage=storage).get_trials()
         except Exception:  # the study is still being created
             return None
         return next((t for t in trials if t.state == TrialState.RUNNING and "worker_pid" in t.user_attrs
                      and max(t.intermediate_values, default=0) >= epoch), None)
     return check
+
+
+def running_trial_at_epoch(tmp_path, epoch):
+    db = tmp_path / "sweeps" / "tiny" / "optuna.db"
+    check = running_trial_at_epoch_in(f"sqlite:///{db}", "tiny", epoch)
+    return lambda: check() if db.exists() else None
 
 
 def assert_consistent(tmp_path, budget):
