@@ -11,6 +11,7 @@ from optuna.trial import TrialState
 
 from .config import ConfigError, RunConfig, dump_config
 from .space import baseline_name, baseline_trial, space_signature
+from .workers import transient_storage_errors
 
 # Heartbeats and the stale-trial retry are marked experimental; they are what makes killed workers recoverable.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -45,12 +46,9 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
     heartbeat that cannot be written while the database is away is reported and tried again at the next beat."""
 
     def record_heartbeat(self, trial_id: int) -> None:
-        import sqlalchemy.exc
-
         try:
             super().record_heartbeat(trial_id)
-        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
-                optuna.exceptions.StorageInternalError) as exc:
+        except transient_storage_errors() as exc:
             print(f"storage unreachable for a heartbeat ({type(exc).__name__}); trying again at the next beat",
                   file=sys.stderr, flush=True)
 

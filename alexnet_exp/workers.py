@@ -42,7 +42,8 @@ def budget_state(study: optuna.Study) -> tuple[int, int, int]:
     return verdicts, active, errors
 
 
-def _transient_errors() -> tuple[type[BaseException], ...]:
+def transient_storage_errors() -> tuple[type[BaseException], ...]:
+    """What a storage that is away for a moment raises (a restart, a network blip)."""
     import sqlalchemy.exc
 
     return (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, optuna.exceptions.StorageInternalError)
@@ -53,7 +54,7 @@ def retry_transient(fn: Callable, what: str, attempts: int = 7):
     for attempt in range(attempts):
         try:
             return fn()
-        except _transient_errors() as exc:
+        except transient_storage_errors() as exc:
             if attempt == attempts - 1:
                 raise
             delay = 2 ** attempt
@@ -87,7 +88,7 @@ def run_trials(study: optuna.Study, objective: Callable, n_trials: int, timeout:
         try:
             study.optimize(objective, n_trials=1, callbacks=[after_trial], catch=(Exception,),
                            gc_after_trial=False)
-        except _transient_errors() as exc:
+        except transient_storage_errors() as exc:
             # Optuna could not record the end of a trial: it stays RUNNING without a heartbeat, so it is failed
             # and retried from its checkpoint once the storage is back. Nothing else is lost; carry on.
             print(f"{worker_label()}storage unreachable while recording a trial ({type(exc).__name__}); it will "
