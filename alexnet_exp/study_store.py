@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -62,17 +63,29 @@ def open_storage(url: str, heartbeat_seconds: int = 20) -> optuna.storages.BaseS
     if not url.split(":", 1)[0].split("+", 1)[0] in ("sqlite", "postgresql", "mysql"):
         raise ConfigError("study.storage", [f"study.storage: {redact(url)!r} is not an Optuna RDB URL "
                                             f"(sqlite:///path.db, postgresql://user:pass@host/db, mysql://...)"])
-    try:
-        # The heartbeat lets a later worker find trials whose process died, fail them and retry them.
-        engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-        # sqlite: wait up to a minute for the write lock instead of failing with "database is locked";
-        # servers: test pooled connections before use, so a dropped connection is replaced, not an error.
-        return ResilientRDBStorage(
-            url, engine_kwargs=engine, heartbeat_interval=heartbeat_seconds, grace_period=3 * heartbeat_seconds,
-            heartbeat_stale_trial_callback=retry_callback())
-    except Exception as exc:
-        raise ConfigError("study.storage", [f"cannot open storage {redact(url)}: {type(exc).__name__}: "
-                                            f"{str(exc).splitlines()[0]}"]) from None
+    import sqlalchemy.exc
+
+    # sqlite: wait up to a minute for the write lock instead of failing with "database is locked";
+    # servers: test pooled connections before use, so a dropped connection is replaced, not an error.
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    last: Exception = RuntimeError("no attempt made")
+    for attempt in range(5):
+        try:
+            # The heartbeat lets a later worker find trials whose process died, fail them and retry them.
+            return ResilientRDBStorage(
+                url, engine_kwargs=engine, heartbeat_interval=heartbeat_seconds,
+                grace_period=3 * heartbeat_seconds, heartbeat_stale_trial_callback=retry_callback())
+        except sqlalchemy.exc.DatabaseError as exc:
+            # Another process (a worker, a report) creating the same fresh schema at the same moment makes the
+            # loser see "table already exists" or a duplicate version row; the next attempt finds the schema
+            # complete. An unreachable server fails all attempts (about 3 s) and is reported below.
+            last = exc
+            time.sleep(0.2 * (attempt + 1))
+        except Exception as exc:
+            last = exc
+            break
+    raise ConfigError("study.storage", [f"cannot open storage {redact(url)}: {type(last).__name__}: "
+                                        f"{str(last).splitlines()[0]}"]) from None
 
 
 def fixed_signature(config: RunConfig) -> dict:
