@@ -101,7 +101,7 @@ def test_injected_out_of_memory_fails_one_trial_and_the_sweep_goes_on(tmp_path, 
 def test_killed_worker_trial_is_retried_from_its_checkpoint(tmp_path):
     cfg = write_config(tmp_path / "s.yaml", **SLOW,
                        study={"name": "tiny", "n_trials": 3, "sampler": "random", "pruner": "none",
-                              "heartbeat_seconds": 1})
+                              "heartbeat_seconds": 2})
     proc = launch(tmp_path, cfg, "--workers", "2")
     try:
         victim = wait_for(running_trial_at_epoch(tmp_path, 2), 240, "a trial at epoch 2", proc)
