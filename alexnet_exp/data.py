@@ -90,24 +90,26 @@ class CifarLayout:
     names_key: bytes
 
 
-def _layouts() -> dict[str, CifarLayout]:
+# Keys of the labels and of the class names inside the pickles (CIFAR-100: the 100 fine classes).
+_LABEL_KEYS = {"cifar10": (b"labels", b"label_names"), "cifar100": (b"fine_labels", b"fine_label_names")}
+
+
+def _torchvision_class(variant: str):
     from torchvision.datasets import CIFAR10, CIFAR100
 
-    return {
-        "cifar10": CifarLayout(CIFAR10.base_folder, CIFAR10.filename, CIFAR10.url,
-                               tuple(f for f, _ in CIFAR10.train_list), tuple(f for f, _ in CIFAR10.test_list),
-                               CIFAR10.meta["filename"], b"labels", b"label_names"),
-        "cifar100": CifarLayout(CIFAR100.base_folder, CIFAR100.filename, CIFAR100.url,
-                                tuple(f for f, _ in CIFAR100.train_list), tuple(f for f, _ in CIFAR100.test_list),
-                                CIFAR100.meta["filename"], b"fine_labels", b"fine_label_names"),
-    }
+    return {"cifar10": CIFAR10, "cifar100": CIFAR100}[variant]
+
+
+def _layout(variant: str) -> CifarLayout:
+    """File names, URL and keys of the official layout, as torchvision records them."""
+    cls = _torchvision_class(variant)
+    return CifarLayout(cls.base_folder, cls.filename, cls.url, tuple(f for f, _ in cls.train_list),
+                       tuple(f for f, _ in cls.test_list), cls.meta["filename"], *_LABEL_KEYS[variant])
 
 
 def official_checksums(variant: str) -> dict[str, str]:
     """md5 of every official file, keyed by file name (the archive's name included), from torchvision."""
-    from torchvision.datasets import CIFAR10, CIFAR100
-
-    cls = {"cifar10": CIFAR10, "cifar100": CIFAR100}[variant]
+    cls = _torchvision_class(variant)
     sums = {f: md5 for f, md5 in cls.train_list + cls.test_list}
     sums[cls.meta["filename"]] = cls.meta["md5"]
     sums[cls.filename] = cls.tgz_md5
@@ -200,7 +202,7 @@ def load_cifar(variant: str, root: str | Path, download: bool = False,
     Every file is md5-checked against `checksums` (default: the official sums) before it is read, so a
     corrupt file is refused with its name and nothing is half-loaded.
     """
-    layout = _layouts()[variant]
+    layout = _layout(variant)
     checksums = official_checksums(variant) if checksums is None else checksums
     folder = _locate_cifar(layout, Path(root), download, checksums)
 

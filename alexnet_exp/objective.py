@@ -216,8 +216,10 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext, n_trials: int) -> float:
     if result.status != "completed":
         return _fail(trial, ctx, run_id, result.status, result.reason)
 
-    augmenter = make_augmenter(config.augment, stats, input_size(config.model, config.augment))
-    final = evaluate(model, data.val_x, data.val_y, augmenter, data.num_classes, config.train.eval_batch_size)
+    final = result.last_eval  # fit's last validation pass: no second pass over the split
+    if final is None:  # resumed from a checkpoint of the last epoch: nothing was trained here
+        augmenter = make_augmenter(config.augment, stats, input_size(config.model, config.augment))
+        final = evaluate(model, data.val_x, data.val_y, augmenter, data.num_classes, config.train.eval_batch_size)
     value = final.accuracy if ctx.metric == "val_accuracy" else final.macro_f1
     _log_evaluation(ctx, run_id, final, data.class_names)
     study = trial.study
