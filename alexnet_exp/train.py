@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .augment import BatchAugmenter
+from .host_memory import keep_freed_memory
 from .metrics import PerClass, accuracy, confusion_matrix, macro_f1, per_class
 
 # A run is "at chance" when its validation loss is within this fraction of ln(C) and its validation accuracy
@@ -190,8 +191,11 @@ def fit(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: t
     `on_checkpoint` gets the full training state after each epoch (model, optimiser, schedule, RNG, history:
     tensors and plain types only); passing such a state as `resume` continues from the epoch after it, with
     the same results as an uninterrupted run.
+    On the CPU, glibc's malloc is told to keep freed memory, process-wide (see host_memory.py).
     """
     device = train_x.device
+    if device.type == "cpu":
+        keep_freed_memory()  # otherwise every step's activations are page-faulted in afresh (host_memory.py)
     torch.manual_seed(seed)
     generator = torch.Generator(device=device).manual_seed(seed)
     channels_last = _channels_last(device)
