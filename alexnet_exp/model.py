@@ -92,7 +92,7 @@ class ChannelSumLRN(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Refill the band (after `to_empty`, as `build_model` materialises a model built on the meta device)."""
+        """Fill the band; `build_model` calls it again after giving the meta-built model real storage."""
         with torch.no_grad():
             self.band.copy_(_band(self.channels, self.size))
 
