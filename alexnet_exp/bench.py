@@ -224,16 +224,21 @@ def matmul_tflops(device: torch.device) -> float:
     return 2 * 8192 ** 3 * 10 / (time.perf_counter() - started) / 1e12
 
 
-def shared_gpu(k_values: list[int], images_per_worker: int) -> dict:
-    """Aggregate training throughput of K processes training alexnet_cifar on one GPU at once."""
+def shared_device(k_values: list[int], images_per_worker: int, device: str = "cuda", batch: int = 512) -> dict:
+    """Aggregate training throughput of K processes training alexnet_cifar on one device at once (what
+    `--trials-per-gpu K` does on a GPU)."""
     out = {}
-    code = ("import sys,torch,time;from alexnet_exp.bench import project_pipeline;"
-            "n=int(sys.argv[1]);x=torch.randint(0,256,(n,3,32,32),dtype=torch.uint8,device='cuda');"
-            "y=torch.randint(0,100,(n,),device='cuda');print(project_pipeline('alexnet_cifar',32,x,y,512)['train_img_s'])")
+    code = ("import sys,torch;from alexnet_exp.bench import project_pipeline;"
+            "n,d,b=int(sys.argv[1]),sys.argv[2],int(sys.argv[3]);"
+            "x=torch.randint(0,256,(n,3,32,32),dtype=torch.uint8,device=d);"
+            "y=torch.randint(0,100,(n,),device=d);print(project_pipeline('alexnet_cifar',32,x,y,b)['train_img_s'])")
     for k in k_values:
-        procs = [subprocess.Popen([sys.executable, "-c", code, str(images_per_worker)], stdout=subprocess.PIPE,
-                                  text=True) for _ in range(k)]
-        rates = [float(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+        procs = [subprocess.Popen([sys.executable, "-c", code, str(images_per_worker), device, str(batch)],
+                                  stdout=subprocess.PIPE, text=True) for _ in range(k)]
+        outputs = [p.communicate()[0] for p in procs]
+        if any(p.returncode for p in procs):
+            raise RuntimeError(f"a benchmark worker failed (K={k}): exit codes {[p.returncode for p in procs]}")
+        rates = [float(text.strip().splitlines()[-1]) for text in outputs]
         out[f"K={k}"] = {"per_worker_img_s": rates, "aggregate_img_s": sum(rates)}
     return out
 
@@ -298,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         for entry in result["variants"].values():
             achieved = entry["project"]["train_img_s"] * entry["gflop_per_trained_image"] / 1e3
             entry["fraction_of_matmul_rate"] = achieved / result["bf16_matmul_tflops"]
-        result["trials_per_gpu"] = shared_gpu([1, 2, 4], images_per_worker=20_000)
+        result["trials_per_gpu"] = shared_device([1, 2, 4], images_per_worker=20_000)
 
     print(f"\n{result['device']}, torch {result['torch']}, {result['date']}")
     print(f"{'variant':<20}{'pipeline':<12}{'train img/s':>12}{'eval img/s':>12}{'s/epoch*':>10}")
@@ -312,7 +317,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{'':<20}{'documents+':<12}{kept['train_img_s']:>12.0f}{kept['eval_img_s']:>12.0f}"
                   f"{'':>10}  (malloc keeping freed memory, as the project's pipeline: "
                   f"ratio {e['train_ratio_memory_kept']:.2f}x)")
+        if "project_compiled" in e:
+            compiled = e["project_compiled"]
+            print(f"{'':<20}{'compiled':<12}{compiled['train_img_s']:>12.0f}{compiled['eval_img_s']:>12.0f}")
+        if "fraction_of_matmul_rate" in e:
+            print(f"{'':<20}training runs at {e['fraction_of_matmul_rate']:.1%} of the measured bf16 matmul rate "
+                  f"({e['gflop_per_trained_image']:.2f} GFLOP per trained image)")
     print("* seconds per CIFAR-100-sized epoch: 45,000 training + 5,000 validation images")
+    if "bf16_matmul_tflops" in result:
+        print(f"bf16 matmul (8192^3): {result['bf16_matmul_tflops']:.0f} TFLOP/s")
+    for k, shared in result.get("trials_per_gpu", {}).items():
+        print(f"alexnet_cifar, {k} processes on one GPU: {shared['aggregate_img_s']:.0f} img/s in all")
     lrn = result["lrn_48x30x30_batch128"]
     print(f"LRN fwd+bwd (128x48x30x30): torch {lrn['torch_LocalResponseNorm_ms']:.1f} ms, channel-sum "
           f"{lrn['channel_sum_LRN_ms']:.1f} ms ({lrn['speedup']:.2f}x)")
