@@ -80,7 +80,7 @@ def _band(channels: int, size: int) -> torch.Tensor:
 class ChannelSumLRN(nn.Module):
     """Local response normalisation as in the paper: b = a / (k + alpha * sum_{window} a^2) ** beta.
 
-    The backward is analytic (see `_ChannelSumLRNFunction`): on a 2-core CPU forward + backward runs 5-6x
+    The backward is analytic (see `_ChannelSumLRNFunction`): on a 2-core CPU forward + backward runs 5-7x
     faster than `nn.LocalResponseNorm` at 128x48x30x30 (benchmarks/RESULTS.md). PyTorch's module divides alpha
     by `size`; this one does not, so it equals `nn.LocalResponseNorm(size, alpha * size, beta, k)`.
     """
