@@ -16,6 +16,8 @@ import platform
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
 
+GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
 _applied: bool | None = None
 
 
@@ -29,7 +31,7 @@ def keep_freed_memory() -> bool:
 
 
 def _apply() -> bool:
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not GLIBC:
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt

@@ -10,6 +10,11 @@ import torch.nn.functional as F
 ARCH_INPUT_SIZE = {"alexnet": 227, "alexnet_cifar": 32}
 
 
+def _window(size: int) -> tuple[int, int]:
+    """Channels before and after channel i in its window, as PyTorch's LRN has them: i - size//2 .. i + (size-1)//2."""
+    return size // 2, (size - 1) // 2
+
+
 def _window_sum_shifted(x: torch.Tensor, before: int, after: int) -> torch.Tensor:
     """out[:, i] = sum of x[:, j] for i - before <= j <= i + after (zero outside): one shifted add per window
     position along the channel axis, which is the contiguous one in channels_last. O(window) per element where
@@ -47,7 +52,7 @@ class _ChannelSumLRNFunction(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx, x, band, size, alpha, beta, k):
-        before, after = size // 2, (size - 1) // 2  # PyTorch's window: channels i - size//2 .. i + (size-1)//2
+        before, after = _window(size)
         squares = x * x
         summed = _window_sum_conv(squares, band) if x.is_cuda else _window_sum_shifted(squares, before, after)
         t = summed.mul_(alpha).add_(k)
@@ -73,7 +78,8 @@ def _band(channels: int, size: int) -> torch.Tensor:
     """(C, C, 1, 1) 0/1 matrix: row i selects the channels in i's window, the same window as PyTorch's LRN."""
     idx = torch.arange(channels, device="cpu")  # not on the meta device: its first use imports for 1.8 s
     offset = idx[None, :] - idx[:, None]  # input channel - output channel
-    band = (offset >= -(size // 2)) & (offset <= (size - 1) // 2)
+    before, after = _window(size)
+    band = (offset >= -before) & (offset <= after)
     return band.float()[:, :, None, None]
 
 

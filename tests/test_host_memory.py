@@ -1,12 +1,9 @@
 import ctypes
-import platform
 
 import pytest
 import torch
 
-from alexnet_exp.host_memory import keep_freed_memory
-
-glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+from alexnet_exp.host_memory import GLIBC, keep_freed_memory
 
 
 class _MallInfo2(ctypes.Structure):  # glibc >= 2.33
@@ -21,7 +18,7 @@ def _mallinfo() -> _MallInfo2:
     return mallinfo2()
 
 
-@pytest.mark.skipif(not glibc, reason="glibc's malloc only")
+@pytest.mark.skipif(not GLIBC, reason="glibc's malloc only")
 def test_freed_tensors_stay_in_the_heap():
     assert keep_freed_memory() and keep_freed_memory()  # idempotent
     size = 64 * 2**20
@@ -35,6 +32,6 @@ def test_freed_tensors_stay_in_the_heap():
     assert freed.fordblks >= size  # the block is free in the heap, for the next step's activations
 
 
-@pytest.mark.skipif(glibc, reason="other C libraries")
+@pytest.mark.skipif(GLIBC, reason="other C libraries")
 def test_elsewhere_it_declines():
     assert keep_freed_memory() is False
