@@ -14,6 +14,9 @@ from typing import Annotated, Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .architecture import input_size_problem
+from .redaction import redact_text
+
 
 class ConfigError(ValueError):
     """A configuration file or override is invalid. ``errors`` holds one line per problem."""
@@ -261,6 +264,8 @@ def _validate(raw: Any, source: str) -> RunConfig:
     except ValidationError as exc:
         raise ConfigError(source, errors + [_format_error(e) for e in exc.errors()]) from None
     errors += _check_space(config) + _check_baselines(config)
+    if not errors:  # the combinations are only worth checking once each value is valid on its own
+        errors += _check_combinations(config)
     if errors:
         raise ConfigError(source, errors)
     return config
@@ -314,6 +319,36 @@ def _check_baselines(config: RunConfig) -> list[str]:
     return errors
 
 
+def _values_of(config: RunConfig, path: str) -> list[Any]:
+    """Every value `path` can take in this sweep: the space's choices or bounds, else the fixed value."""
+    param = config.space.get(path)
+    if isinstance(param, CategoricalParam):
+        return list(param.choices)
+    if param is not None:
+        return [param.low, param.high]
+    section, _, key = path.partition(".")
+    return [getattr(getattr(config, section), key)]
+
+
+def _check_combinations(config: RunConfig) -> list[str]:
+    """Values valid on their own that cannot work together, found without training. Every trial of such a
+    sweep would fail the same way, so it is refused with its path before any state is written."""
+    errors = []
+    for arch in _values_of(config, "model.arch"):
+        for size in _values_of(config, "augment.input_size"):
+            problem = input_size_problem(arch, size)
+            if problem:
+                where = "space.augment.input_size" if "augment.input_size" in config.space else "augment.input_size"
+                errors.append(f"{where}: {problem}")
+    for i, baseline in enumerate(config.baselines):
+        arch = baseline.get("model.arch", config.model.arch)
+        size = baseline.get("augment.input_size", config.augment.input_size)
+        problem = input_size_problem(arch, size)
+        if problem:
+            errors.append(f"baselines[{i}]: {problem}")
+    return errors
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """`train.lr=1e-3` -> ("train.lr", 0.001); the value is read as YAML."""
     if "=" not in text:
@@ -331,7 +366,10 @@ def load_config(path: Union[str, Path], overrides: Optional[list[str]] = None) -
         raw = parse_yaml(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(str(path), [f"not valid YAML: {exc}"]) from None
-    raw = copy.deepcopy(raw) if raw is not None else {}
+    if raw is None:  # an empty file (or only comments) would silently start a default 20-trial sweep
+        raise ConfigError(str(path), ["the file is empty (or only comments): it needs at least a `study:` "
+                                      "and a `space:` section; start from search_spaces/smoke.yaml"])
+    raw = copy.deepcopy(raw)
     if not isinstance(raw, dict):
         raise ConfigError(str(path), [f"(top level): expected a mapping of sections, got {type(raw).__name__}"])
     for text in overrides or []:
@@ -345,4 +383,5 @@ def config_from_dict(raw: dict, source: str = "config") -> RunConfig:
 
 
 def dump_config(config: RunConfig) -> str:
-    return yaml.safe_dump(config.model_dump(), sort_keys=False)
+    """The config as YAML, with passwords in storage and tracking URLs masked: fit to log and store."""
+    return redact_text(yaml.safe_dump(config.model_dump(), sort_keys=False))

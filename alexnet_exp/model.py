@@ -1,13 +1,12 @@
 """AlexNet variants. The last layer outputs logits (no ReLU on them: that bug cost the CIFAR-100 notebook)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-ARCH_INPUT_SIZE = {"alexnet": 227, "alexnet_cifar": 32}
+from .architecture import ARCH_INPUT_SIZE, ARCHS, ConvSpec, scaled_channels, spatial_size
+
 
 
 def _window(size: int) -> tuple[int, int]:
@@ -135,50 +134,6 @@ class Dropout(nn.Module):
         return f"p={self.rate}"
 
 
-@dataclass(frozen=True)
-class ConvSpec:
-    out: int
-    kernel: int
-    stride: int
-    padding: int
-    grouped: bool  # follows the paper's two-GPU split when groups=2
-    lrn: bool  # LRN after the ReLU (when norm=lrn)
-    pool: bool  # overlapping max-pool 3/2 after it
-    bias_one: bool  # paper init: bias 1
-
-
-# conv2, conv4 and conv5 see only the kernel maps on their own GPU in the paper; conv3 and the FC layers see all.
-ARCHS = {
-    "alexnet": ([ConvSpec(96, 11, 4, 0, False, True, True, False),
-                 ConvSpec(256, 5, 1, 2, True, True, True, True),
-                 ConvSpec(384, 3, 1, 1, False, False, False, False),
-                 ConvSpec(384, 3, 1, 1, True, False, False, True),
-                 ConvSpec(256, 3, 1, 1, True, False, True, True)], 4096),
-    # The reduced CIFAR network of the first document (7x7 then 5x5 with LRN and pooling), with AlexNet's five
-    # convolutions and a 2048-unit head: 32 -> 30 -> 14 -> 14 -> 6 -> 6 -> 2.
-    "alexnet_cifar": ([ConvSpec(48, 7, 1, 2, False, True, True, False),
-                       ConvSpec(128, 5, 1, 2, True, True, True, True),
-                       ConvSpec(192, 3, 1, 1, False, False, False, False),
-                       ConvSpec(192, 3, 1, 1, True, False, False, True),
-                       ConvSpec(128, 3, 1, 1, True, False, True, True)], 2048),
-}
-
-
-def _scaled(n: int, width: float, groups: int) -> int:
-    """Channel count times the width multiplier, rounded to a multiple of `groups`."""
-    return max(groups, int(round(n * width / groups)) * groups)
-
-
-def _spatial(size: int, specs: list[ConvSpec]) -> int:
-    for s in specs:
-        size = (size + 2 * s.padding - s.kernel) // s.stride + 1
-        if s.pool:
-            size = (size - 3) // 2 + 1
-        if size < 1:
-            raise ValueError(f"input size too small for this architecture (feature map vanished)")
-    return size
-
-
 class AlexNet(nn.Module):
     def __init__(self, arch: str, num_classes: int, norm: str = "lrn", groups: int = 1, dropout: float = 0.5,
                  width: float = 1.0, input_size: int | None = None):
@@ -193,7 +148,7 @@ class AlexNet(nn.Module):
         self.bias_one: list[nn.Module] = []  # layers the paper initialises with bias 1
         in_ch = 3
         for spec in specs:
-            out_ch = _scaled(spec.out, width, groups)
+            out_ch = scaled_channels(spec.out, width, groups)
             conv = nn.Conv2d(in_ch, out_ch, spec.kernel, spec.stride, spec.padding,
                              groups=groups if spec.grouped else 1, bias=norm != "batchnorm")
             layers.append(conv)
@@ -208,8 +163,8 @@ class AlexNet(nn.Module):
                 layers.append(nn.MaxPool2d(3, 2))
             in_ch = out_ch
         self.features = nn.Sequential(*layers)
-        side = _spatial(self.input_size, specs)
-        hidden = _scaled(fc_units, width, 1)
+        side = spatial_size(self.input_size, specs)
+        hidden = scaled_channels(fc_units, width, 1)
         self.classifier = nn.Sequential(
             nn.Flatten(), Dropout(dropout), nn.Linear(in_ch * side * side, hidden), nn.ReLU(inplace=True),
             Dropout(dropout), nn.Linear(hidden, hidden), nn.ReLU(inplace=True),

@@ -9,6 +9,8 @@ import gc
 import hashlib
 import json
 import os
+import socket
+import sys
 import tempfile
 import traceback
 from dataclasses import dataclass, field
@@ -18,14 +20,16 @@ from typing import Any, Optional
 import optuna
 import torch
 
+from . import names
+from .budget import surplus
 from .config import ConfigError, RunConfig, dump_config
 from .pipeline import DataCache, input_size, make_augmenter, make_model, train_run
 from .plots import confusion_png
-from .progress import SweepProgress
+from .progress import SweepProgress, worker_label
+from .retries import retry_transient
 from .space import suggest
 from .tracking import Tracker
 from .train import EpochMetrics, evaluate
-from .workers import retry_transient, surplus
 
 
 class TrialFailed(Exception):
@@ -70,15 +74,6 @@ def save_atomically(obj: Any, path: Path) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-
-
-def _remove(path: Optional[Path]) -> None:
-    if path is not None:
-        path.unlink(missing_ok=True)
-
-
-def weights_path(weights_dir: Path, number: int) -> Path:
-    return weights_dir / f"trial_{number:05d}.pt"
 
 
 def _best_value(study: optuna.Study) -> Optional[float]:
@@ -127,52 +122,115 @@ def _log_epoch(ctx: TrialContext, run_id: str, m: EpochMetrics) -> None:
     ctx.tracker.log_metrics(run_id, m.scalars(), m.epoch, [("train_loss_step", s, v) for s, v in m.step_losses])
 
 
+def _warn(what: str, exc: BaseException) -> None:
+    print(f"{worker_label()}warning: {what}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+
+
+def _remove(path: Optional[Path]) -> None:
+    """Best effort: a checkpoint that cannot be removed (a read-only folder) is left behind, not an error
+    that would hide how the trial ended."""
+    if path is None:
+        return
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        _warn(f"could not remove the checkpoint {path}", exc)
+
+
+def _finish_run(ctx: TrialContext, run_id: Optional[str], status: str, tags: dict[str, Any]) -> None:
+    """Close the trial's MLflow run; if MLflow cannot be written, say so: the next launcher closes a run left
+    RUNNING as stale, and the trial's end is in Optuna already."""
+    if run_id is None:
+        return
+    try:
+        ctx.tracker.finish(run_id, status, tags)
+    except Exception as exc:
+        _warn(f"could not close MLflow run {run_id}", exc)
+
+
+def _fail(trial: optuna.Trial, ctx: TrialContext, run_id: Optional[str], kind: str, reason: str,
+          error_text: Optional[str] = None):
+    """Record the trial's failure in Optuna, then in MLflow (its error.txt too), and end the trial."""
+    trial.set_user_attr(names.FAIL_KIND, kind)
+    trial.set_user_attr(names.FAIL_REASON, reason)
+    if error_text is not None and run_id is not None:
+        try:
+            ctx.tracker.log_text(run_id, error_text, names.ERROR_ARTIFACT)
+        except Exception as exc:
+            _warn(f"could not write {names.ERROR_ARTIFACT} to MLflow run {run_id}", exc)
+    _finish_run(ctx, run_id, "FAILED", {names.STATE_TAG: "FAIL", names.FAIL_KIND: kind, names.FAIL_REASON: reason})
+    raise TrialFailed(kind, reason)
+
+
 def run_trial(trial: optuna.Trial, ctx: TrialContext, n_trials: int) -> float:
+    """One trial, recorded whatever happens: every way out of here leaves Optuna's `fail_kind`/`fail_reason`
+    (or a value, or the pruned epoch) and a closed MLflow run."""
     if surplus(trial.study, trial.number, n_trials):
-        trial.set_user_attr("fail_kind", "surplus")
-        trial.set_user_attr("fail_reason", "the budget was taken by other workers' trials")
-        raise TrialFailed("surplus", "the budget was taken by other workers' trials")
-    fixed = json.loads(trial.user_attrs.get("fixed", "{}"))  # a baseline's exact values
+        reason = "the budget was taken by other workers' trials"
+        trial.set_user_attr(names.FAIL_KIND, names.SURPLUS)
+        trial.set_user_attr(names.FAIL_REASON, reason)
+        raise TrialFailed(names.SURPLUS, reason)
+    fixed = json.loads(trial.user_attrs.get(names.FIXED, "{}"))  # a baseline's exact values
     values = suggest(trial, ctx.base.space, fixed)
-    trial.set_user_attr("values", json.dumps(values))
+    trial.set_user_attr(names.VALUES, json.dumps(values))
     ctx.progress.trial_started(trial.number, values)
     root, previous = _retry_of(trial)
-    tags = {**ctx.run_tags, "trial": trial.number, "state": "RUNNING",
-            "baseline": trial.user_attrs.get("baseline", "")}
-    previous_run = trial.user_attrs.get("mlflow_run_id") if previous is not None else None
+    tags = {**ctx.run_tags, names.TRIAL_TAG: trial.number, names.STATE_TAG: "RUNNING",
+            names.BASELINE: trial.user_attrs.get(names.BASELINE, "")}
     if previous is not None:
+        previous_run = _run_of(trial.study, previous)
         tags.update(retry_of_trial=previous, retry_of_run=previous_run or "")
         if previous_run and ctx.tracker.run_status(previous_run) == "RUNNING":
-            ctx.tracker.finish(previous_run, "FAILED", {"state": "FAIL", "fail_reason": "its worker ended "
-                                                        f"mid-trial; retried as trial {trial.number}"})
+            _finish_run(ctx, previous_run, "FAILED", {names.STATE_TAG: "FAIL", names.FAIL_REASON: "its worker "
+                                                      f"ended mid-trial; retried as trial {trial.number}"})
     try:
         config = ctx.base.with_values(values)
     except ConfigError as exc:
         run_id = ctx.tracker.start_trial(ctx.parent_run_id, f"trial-{trial.number}", values, tags)
-        return _fail(trial, ctx, run_id, "invalid", "; ".join(exc.errors))
+        return _fail(trial, ctx, run_id, names.INVALID, "; ".join(exc.errors))
     tags.update(dataset=config.data.dataset, model=config.model.arch)
-    run_id = ctx.tracker.start_trial(ctx.parent_run_id, f"trial-{trial.number}", config.flat(), tags)
-    trial.set_user_attr("mlflow_run_id", run_id)
-    trial.set_user_attr("worker_pid", os.getpid())
-    ctx.tracker.log_text(run_id, dump_config(config), "config.yaml")
-    checkpoint = ctx.checkpoint_dir / f"trial_{root if root is not None else trial.number:05d}.pt" \
-        if ctx.checkpoint_dir is not None else None
+    run_id = None
+    try:
+        run_id = ctx.tracker.start_trial(ctx.parent_run_id, f"trial-{trial.number}", config.flat(), tags)
+        trial.set_user_attr(names.MLFLOW_RUN_ID, run_id)
+        trial.set_user_attr(names.WORKER_PID, os.getpid())
+        trial.set_user_attr(names.WORKER_HOST, socket.gethostname())
+        ctx.tracker.log_text(run_id, dump_config(config), names.CONFIG_ARTIFACT)
+        checkpoint = ctx.checkpoint_dir / f"trial_{root if root is not None else trial.number:05d}.pt" \
+            if ctx.checkpoint_dir is not None else None
+        return _train_and_record(trial, ctx, config, run_id, checkpoint, resume_allowed=previous is not None)
+    except (KeyboardInterrupt, optuna.TrialPruned, TrialFailed):
+        raise  # recorded already
+    except Exception as exc:  # anything else, the trial's own clean-up included: an error of this trial only
+        return _fail(trial, ctx, run_id, names.ERROR, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+
+
+def _run_of(study: optuna.Study, number: int) -> Optional[str]:
+    trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+    return trial.user_attrs.get(names.MLFLOW_RUN_ID) if trial is not None else None
+
+
+def _train_and_record(trial: optuna.Trial, ctx: TrialContext, config: RunConfig, run_id: str,
+                      checkpoint: Optional[Path], resume_allowed: bool) -> float:
     resume = None
-    if previous is not None and checkpoint is not None and checkpoint.is_file():
+    if resume_allowed and checkpoint is not None and checkpoint.is_file():
         resume = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        trial.set_user_attr("resumed_from_epoch", resume["epoch"])
+        trial.set_user_attr(names.RESUMED_FROM_EPOCH, resume["epoch"])
         for m in resume["history"]:  # the epochs already trained, so this run's curves are whole
             _log_epoch(ctx, run_id, EpochMetrics(**m))
+    logged_epochs = resume["epoch"] if resume is not None else 0
     inject_oom = trial.number in {int(n) for n in os.environ.get(INJECT_OOM_ENV, "").split(",") if n.strip()}
 
     def on_epoch(m: EpochMetrics) -> None:
+        nonlocal logged_epochs
         if inject_oom:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected by " + INJECT_OOM_ENV + ")")
         value = getattr(m, ctx.metric)
         _log_epoch(ctx, run_id, m)
+        logged_epochs = m.epoch
 
         def record() -> bool:
-            trial.set_user_attr("epochs_run", m.epoch)
+            trial.set_user_attr(names.EPOCHS_RUN, m.epoch)
             trial.report(value, m.epoch)
             return trial.should_prune()
 
@@ -194,26 +252,30 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext, n_trials: int) -> float:
         model, result = train_run(config, ctx.cache, on_epoch=on_epoch, resume=resume,
                                   on_checkpoint=on_checkpoint if checkpoint is not None else None)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: Optuna fails the trial, MLflow must too; the checkpoint
-        trial.set_user_attr("fail_kind", "interrupted")  # stays, and the next run of the sweep resumes it
-        ctx.tracker.finish(run_id, "FAILED", {"state": "FAIL", "fail_kind": "interrupted",
-                                              "fail_reason": "interrupted (Ctrl-C or SIGTERM)"})
+        trial.set_user_attr(names.FAIL_KIND, names.INTERRUPTED)  # stays, and the next run resumes from it
+        reason = "interrupted (Ctrl-C, SIGTERM, or its launcher ended)"
+        trial.set_user_attr(names.FAIL_REASON, reason)
+        _finish_run(ctx, run_id, "FAILED", {names.STATE_TAG: "FAIL", names.FAIL_KIND: names.INTERRUPTED,
+                                            names.FAIL_REASON: reason})
         raise
     except optuna.TrialPruned:
         _remove(checkpoint)
-        epoch = trial.user_attrs.get("epochs_run", 0)
-        trial.set_user_attr("pruned_at_epoch", epoch)
-        ctx.tracker.finish(run_id, "KILLED", {"state": "PRUNED", "pruned_at_epoch": epoch})
+        epoch = trial.user_attrs.get(names.EPOCHS_RUN, 0)
+        trial.set_user_attr(names.PRUNED_AT_EPOCH, epoch)
+        _finish_run(ctx, run_id, "KILLED", {names.STATE_TAG: "PRUNED", names.PRUNED_AT_EPOCH: epoch})
         raise
     except Exception as exc:  # any other error ends this trial only; its traceback goes to its run
         del model
         _release_memory()
         _remove(checkpoint)
         if isinstance(exc, torch.cuda.OutOfMemoryError) or "can't allocate memory" in str(exc):
-            return _fail(trial, ctx, run_id, "out_of_memory", str(exc).splitlines()[0])
-        ctx.tracker.log_text(run_id, traceback.format_exc(), "error.txt")
-        return _fail(trial, ctx, run_id, "error", f"{type(exc).__name__}: {exc}")
+            return _fail(trial, ctx, run_id, names.OUT_OF_MEMORY, str(exc).splitlines()[0])
+        return _fail(trial, ctx, run_id, names.ERROR, f"{type(exc).__name__}: {exc}", traceback.format_exc())
     _remove(checkpoint)
     if result.status != "completed":
+        for m in result.history:  # the epochs fit ended on (a diverged loss) never reached on_epoch
+            if m.epoch > logged_epochs:
+                _log_epoch(ctx, run_id, m)
         return _fail(trial, ctx, run_id, result.status, result.reason)
 
     final = result.last_eval  # fit's last validation pass: no second pass over the split
@@ -225,16 +287,9 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext, n_trials: int) -> float:
     study = trial.study
     if _is_better(study, value, _best_value(study)):
         save_atomically({k: v.detach().cpu() for k, v in model.state_dict().items()},
-                        weights_path(ctx.weights_dir, trial.number))
-    ctx.tracker.finish(run_id, "FINISHED", {"state": "COMPLETE"})
+                        names.weights_path(ctx.weights_dir, trial.number))
+    _finish_run(ctx, run_id, "FINISHED", {names.STATE_TAG: "COMPLETE"})
     return value
-
-
-def _fail(trial: optuna.Trial, ctx: TrialContext, run_id: str, kind: str, reason: str):
-    trial.set_user_attr("fail_kind", kind)
-    trial.set_user_attr("fail_reason", reason)
-    ctx.tracker.finish(run_id, "FAILED", {"state": "FAIL", "fail_kind": kind, "fail_reason": reason})
-    raise TrialFailed(kind, reason)
 
 
 def evaluate_on_test(config: RunConfig, cache: DataCache, weights: Path):

@@ -12,7 +12,8 @@ import torch
 from .augment import BatchAugmenter, ColorStats, color_stats
 from .config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
 from .data import ImageData, load_dataset
-from .model import ARCH_INPUT_SIZE, AlexNet, build_model
+from .architecture import ARCH_INPUT_SIZE
+from .model import AlexNet, build_model
 from .train import EpochMetrics, FitResult, fit
 
 FIT_KEYS = tuple(k for k in TrainConfig.model_fields if k != "device")

@@ -2,6 +2,7 @@
 estimated time (tqdm's), or with `quiet` plain log lines that suit files and CI logs."""
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Optional
@@ -48,3 +49,9 @@ class SweepProgress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def worker_label() -> str:
+    """`[worker i] ` in a worker process started by the launcher (which sets ALEXNET_EXP_WORKER), else ''."""
+    index = os.environ.get("ALEXNET_EXP_WORKER")
+    return f"[worker {index}] " if index is not None else ""

@@ -18,6 +18,7 @@ from typing import Optional, Union
 
 import pandas as pd
 
+from . import names
 from . import report_figures as figures
 from .report_data import REFERENCE_RESULTS, StudyData, discover_studies, load_study_data, trials_frame
 
@@ -131,7 +132,7 @@ def _references(data: StudyData) -> list[Block]:
     return ["## Reference results", pd.DataFrame(rows)]
 
 
-def study_report(data: StudyData, out_dir: Path, weights_root: Path = Path("sweeps")) -> list[Path]:
+def study_report(data: StudyData, out_dir: Path, weights_root: Path = names.SWEEPS_DIR) -> list[Path]:
     """Write one study's report; return the files written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("*.png"):  # a figure that cannot be drawn any more must not linger
@@ -172,7 +173,7 @@ def study_report(data: StudyData, out_dir: Path, weights_root: Path = Path("swee
         worst = per_class.sort_values("f1", kind="stable").head(10)
         blocks.append("Ten worst classes (validation F1): " + ", ".join(
             f"{c} ({f:.2f})" for c, f in zip(worst["class"], worst["f1"])))
-    weights = weights_root / data.name / "weights" / f"trial_{data.best_number or 0:05d}.pt"
+    weights = names.weights_path(names.weights_dir(data.name, weights_root), data.best_number or 0)
     add(figures.first_layer_kernels(weights, out_dir / "first_layer_kernels.png"),
         "Best model's first-layer kernels (each scaled to its own range)",
         f"the best trial's weights are not in {weights.parent}")
@@ -235,7 +236,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per study is enough
 
     if args.study:
-        targets = [(name, args.storage or f"sqlite:///{Path('sweeps') / name / 'optuna.db'}") for name in args.study]
+        targets = [(name, args.storage or f"sqlite:///{names.default_storage_path(name)}") for name in args.study]
         missing = [(n, s) for n, s in targets if s.startswith("sqlite:///") and not Path(s[10:]).is_file()]
         if missing:
             print(f"error: no study storage at {missing[0][1][10:]}; run the sweep first, or pass --storage",

@@ -15,6 +15,7 @@ import pandas as pd
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
+from . import names
 from .config import ConfigError, RunConfig, config_from_dict, parse_yaml
 from .tracking import resolve_tracking_uri
 
@@ -103,15 +104,15 @@ class StudyData:
 
 def _note(t: optuna.trial.FrozenTrial) -> str:
     if t.state == TrialState.PRUNED:
-        return f"pruned at epoch {t.user_attrs.get('pruned_at_epoch', '?')}"
+        return f"pruned at epoch {t.user_attrs.get(names.PRUNED_AT_EPOCH, '?')}"
     if t.state == TrialState.FAIL:
-        kind = t.user_attrs.get("fail_kind")
-        reason = t.user_attrs.get("fail_reason", "")
+        kind = t.user_attrs.get(names.FAIL_KIND)
+        reason = t.user_attrs.get(names.FAIL_REASON, "")
         if kind is None:  # no verdict recorded: its process died (stale heartbeat) and it was retried
             return "failed: its worker ended mid-trial"
-        return {"out_of_memory": "out of memory"}.get(kind, kind) + (f": {reason}" if reason else "")
+        return {names.OUT_OF_MEMORY: "out of memory"}.get(kind, kind) + (f": {reason}" if reason else "")
     if t.state == TrialState.RUNNING:
-        return f"running (epoch {t.user_attrs.get('epochs_run', 0)})"
+        return f"running (epoch {t.user_attrs.get(names.EPOCHS_RUN, 0)})"
     return ""
 
 
@@ -138,32 +139,32 @@ def load_study_data(name: str, storage: str, tracking_uri: Optional[str] = None)
     study = optuna.load_study(study_name=name, storage=storage)
     attrs = study.user_attrs
     base = None
-    if "config" in attrs:
+    if names.CONFIG in attrs:
         try:
-            base = config_from_dict(parse_yaml(attrs["config"]), f"study {name}")
+            base = config_from_dict(parse_yaml(attrs[names.CONFIG]), f"study {name}")
         except ConfigError:
             base = None  # written by another version: show what Optuna has
     tracking_uri = tracking_uri or resolve_tracking_uri(base.study.tracking_uri if base else None)
     client = MlflowClient(tracking_uri)
     rows = []
     for t in study.get_trials(deepcopy=False):
-        values = json.loads(t.user_attrs.get("values", "{}")) or dict(t.params)
+        values = json.loads(t.user_attrs.get(names.VALUES, "{}")) or dict(t.params)
         config = None
         if base is not None:
             try:
                 config = base.with_values(values)
             except ConfigError:
                 config = None
-        run_id = t.user_attrs.get("mlflow_run_id")
+        run_id = t.user_attrs.get(names.MLFLOW_RUN_ID)
         value = t.value if t.state == TrialState.COMPLETE else None
-        rows.append(TrialRow(t.number, t.state.name, value, t.user_attrs.get("baseline", ""), _note(t),
+        rows.append(TrialRow(t.number, t.state.name, value, t.user_attrs.get(names.BASELINE, ""), _note(t),
                              _duration(t), values, config, run_id, _history(client, run_id)))
     complete = [r for r in rows if r.state == "COMPLETE" and r.value is not None and math.isfinite(r.value)]
     best_number = study.best_trial.number if complete else None
-    test = attrs.get("test_metrics", {}) if attrs.get("test_evaluated_trial") == best_number else {}
-    return StudyData(name, attrs.get("metric", "value"), study.direction.name.lower(),
+    test = attrs.get(names.TEST_METRICS, {}) if attrs.get(names.TEST_EVALUATED_TRIAL) == best_number else {}
+    return StudyData(name, attrs.get(names.METRIC, "value"), study.direction.name.lower(),
                      base.study.sampler if base else "?", base.study.pruner if base else "?", base,
-                     attrs.get("environment", {}), rows, study, tracking_uri, attrs.get("mlflow_parent_run_id"),
+                     attrs.get(names.ENVIRONMENT, {}), rows, study, tracking_uri, attrs.get(names.PARENT_RUN_ID),
                      test, best_number)
 
 

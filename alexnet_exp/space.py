@@ -1,4 +1,4 @@
-"""The search space: the only caller of `trial.suggest_*`, plus samplers, pruners and baselines by name."""
+"""The search space: the only caller of `trial.suggest_*`, conditions, baselines. Samplers and pruners: samplers.py."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 import optuna
 
-from .config import CategoricalParam, ConfigError, FloatParam, IntParam, RunConfig, SpaceParam
+from .config import CategoricalParam, ConfigError, IntParam, RunConfig, SpaceParam
 
 
 def ordered_params(space: dict[str, SpaceParam]) -> list[str]:
@@ -94,58 +94,3 @@ def baseline_name(baseline: dict[str, Any], index: int) -> str:
 def space_signature(space: dict[str, SpaceParam]) -> str:
     """A stable text of the space, stored with the study to refuse resuming with a different one."""
     return json.dumps({p: space[p].model_dump() for p in sorted(space)}, sort_keys=True)
-
-
-def _grid(space: dict[str, SpaceParam]) -> dict[str, list]:
-    grid = {}
-    for path, param in space.items():
-        if isinstance(param, CategoricalParam):
-            grid[path] = list(param.choices)
-        elif isinstance(param, IntParam) and not param.log:
-            grid[path] = list(range(param.low, param.high + 1, param.step))
-        elif isinstance(param, FloatParam) and param.step is not None:
-            n = int(round((param.high - param.low) / param.step))
-            grid[path] = [param.low + i * param.step for i in range(n + 1)]
-        else:
-            raise ConfigError("study.sampler", [f"space.{path}: the grid sampler needs categorical choices, "
-                                                f"an int range or a float with step"])
-    return grid
-
-
-def make_sampler(name: str, options: dict[str, Any], seed: Optional[int],
-                 space: dict[str, SpaceParam]) -> optuna.samplers.BaseSampler:
-    samplers = optuna.samplers
-    factories = {
-        "tpe": lambda: samplers.TPESampler(seed=seed, **options),
-        "random": lambda: samplers.RandomSampler(seed=seed, **options),
-        "grid": lambda: samplers.GridSampler(_grid(space), seed=seed, **options),
-        "gp": lambda: samplers.GPSampler(seed=seed, **options),
-        "cmaes": lambda: samplers.CmaEsSampler(seed=seed, **options),
-        "qmc": lambda: samplers.QMCSampler(seed=seed, **options),
-    }
-    if name not in factories:
-        raise ConfigError("study.sampler", [f"study.sampler: {name!r}; valid: {', '.join(factories)}"])
-    try:
-        return factories[name]()
-    except (TypeError, ValueError, ImportError) as exc:
-        raise ConfigError("study.sampler_options", [f"study.sampler_options for {name}: {exc}"]) from None
-
-
-def make_pruner(name: str, options: dict[str, Any], epochs: int) -> optuna.pruners.BasePruner:
-    pruners = optuna.pruners
-    # Defaults that suit epoch-level reports (steps are 1-based epochs): never judge the noisy first epoch,
-    # and only once 3 trials have finished.
-    factories = {
-        "median": lambda: pruners.MedianPruner(**{"n_startup_trials": 3, "n_warmup_steps": 2, **options}),
-        "percentile": lambda: pruners.PercentilePruner(
-            **{"percentile": 25.0, "n_startup_trials": 3, "n_warmup_steps": 2, **options}),
-        "successive_halving": lambda: pruners.SuccessiveHalvingPruner(**options),
-        "hyperband": lambda: pruners.HyperbandPruner(**{"min_resource": 1, "max_resource": epochs, **options}),
-        "none": lambda: pruners.NopPruner(),
-    }
-    if name not in factories:
-        raise ConfigError("study.pruner", [f"study.pruner: {name!r}; valid: {', '.join(factories)}"])
-    try:
-        return factories[name]()
-    except (TypeError, ValueError) as exc:
-        raise ConfigError("study.pruner_options", [f"study.pruner_options for {name}: {exc}"]) from None

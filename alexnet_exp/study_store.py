@@ -1,6 +1,11 @@
-"""The study's state in its Optuna storage: opening it, refusing a mismatched resume, baselines, retries."""
+"""The study's state in its Optuna storage: opening it, refusing a mismatched resume, baselines, retries.
+
+`open_study`, `enqueue_baselines` and `requeue_interrupted` read and then write: call them under the study's
+lock (`locks.study_lock`), as `roles.setup_study` does, so that launchers started together do each once.
+"""
 from __future__ import annotations
 
+import copy
 import json
 import sys
 import time
@@ -10,9 +15,11 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from . import names
 from .config import ConfigError, RunConfig, dump_config
+from .redaction import redact_url
+from .retries import transient_storage_errors
 from .space import baseline_name, baseline_trial, space_signature
-from .workers import transient_storage_errors
 
 # Heartbeats and the stale-trial retry are marked experimental; they are what makes killed workers recoverable.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -26,25 +33,20 @@ class StudyMismatch(RuntimeError):
     pass
 
 
-def default_storage(study_name: str, sweeps_dir: Path = Path("sweeps")) -> str:
-    folder = sweeps_dir / study_name
-    folder.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{folder / 'optuna.db'}"
-
-
-def redact(url: str) -> str:
-    """A storage URL fit to print or log: the password replaced by ***."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("@")[-1] if "@" in url else url
+def default_storage(study_name: str, sweeps_dir: Path = names.SWEEPS_DIR) -> str:
+    path = names.default_storage_path(study_name, sweeps_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
 
 
 class ResilientRDBStorage(optuna.storages.RDBStorage):
-    """Optuna's heartbeat thread dies on the first failed write, after which a live trial looks dead. A
-    heartbeat that cannot be written while the database is away is reported and tried again at the next beat."""
+    """Two additions to Optuna's RDB storage:
+    - its heartbeat thread dies on the first failed write, after which a live trial looks dead: a heartbeat
+      that cannot be written while the database is away is reported and tried again at the next beat;
+    - a trial failed for a stale heartbeat gets `fail_kind: lost` and its reason, like every other end. Optuna
+      fails stale trials in two places (before each trial, and in our budget check) through this method;
+      attributes can only be written while the trial is still RUNNING, so they are written here, just before
+      Optuna fails it."""
 
     def record_heartbeat(self, trial_id: int) -> None:
         try:
@@ -53,15 +55,37 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
             print(f"storage unreachable for a heartbeat ({type(exc).__name__}); trying again at the next beat",
                   file=sys.stderr, flush=True)
 
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        stale = super()._get_stale_trial_ids(study_id)
+        for trial_id in stale:
+            try:
+                self.set_trial_user_attr(trial_id, names.FAIL_KIND, names.LOST)
+                self.set_trial_user_attr(trial_id, names.FAIL_REASON,
+                                         f"its worker stopped sending heartbeats for over {self.grace_period} s "
+                                         f"(killed, or its machine lost); retried with the same parameters")
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # another process failed it first, and recorded the same
+        return stale
+
+
+class _RetryStaleTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry copies the failed trial's user attributes into the retry: its run id and its end
+    (`fail_kind`, ...) would then describe the retry. Only what says what to train is carried over."""
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        carried = copy.copy(trial)
+        carried.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in names.OUTCOME_ATTRS}
+        super().__call__(study, carried)
+
 
 def retry_callback() -> optuna.storages.RetryHeartbeatStaleTrialCallback:
     # inherit_intermediate_values: the retry resumes from a checkpoint, so the pruner must see those epochs.
-    return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES, inherit_intermediate_values=True)
+    return _RetryStaleTrial(max_retry=MAX_RETRIES, inherit_intermediate_values=True)
 
 
 def open_storage(url: str, heartbeat_seconds: int = 20) -> optuna.storages.BaseStorage:
     if not url.split(":", 1)[0].split("+", 1)[0] in ("sqlite", "postgresql", "mysql"):
-        raise ConfigError("study.storage", [f"study.storage: {redact(url)!r} is not an Optuna RDB URL "
+        raise ConfigError("study.storage", [f"study.storage: {redact_url(url)!r} is not an Optuna RDB URL "
                                             f"(sqlite:///path.db, postgresql://user:pass@host/db, mysql://...)"])
     import sqlalchemy.exc
 
@@ -84,7 +108,7 @@ def open_storage(url: str, heartbeat_seconds: int = 20) -> optuna.storages.BaseS
         except Exception as exc:
             last = exc
             break
-    raise ConfigError("study.storage", [f"cannot open storage {redact(url)}: {type(last).__name__}: "
+    raise ConfigError("study.storage", [f"cannot open storage {redact_url(url)}: {type(last).__name__}: "
                                         f"{str(last).splitlines()[0]}"]) from None
 
 
@@ -98,23 +122,23 @@ def open_study(config: RunConfig, storage, sampler, pruner) -> optuna.Study:
     study = optuna.create_study(study_name=s.name, storage=storage, sampler=sampler, pruner=pruner,
                                 direction=s.direction, load_if_exists=True)
     attrs = study.user_attrs
-    if "metric" not in attrs:  # new study: record what it is
-        study.set_user_attr("metric", s.metric)
-        study.set_user_attr("space", space_signature(config.space))
-        study.set_user_attr("fixed", json.dumps(fixed_signature(config), sort_keys=True))
-        study.set_user_attr("config", dump_config(config))
+    if names.METRIC not in attrs:  # new study: record what it is (under the study lock: once)
+        study.set_user_attr(names.SPACE, space_signature(config.space))
+        study.set_user_attr(names.FIXED_VALUES, json.dumps(fixed_signature(config), sort_keys=True))
+        study.set_user_attr(names.CONFIG, dump_config(config))
+        study.set_user_attr(names.METRIC, s.metric)  # last: its presence says the others are there
         return study
     problems = []
     if study.direction.name.lower() != s.direction:
         problems.append(f"direction: stored {study.direction.name.lower()}, YAML {s.direction}")
-    if attrs["metric"] != s.metric:
-        problems.append(f"metric: stored {attrs['metric']}, YAML {s.metric}")
-    if attrs.get("space") != space_signature(config.space):
-        stored = json.loads(attrs.get("space", "{}"))
+    if attrs[names.METRIC] != s.metric:
+        problems.append(f"metric: stored {attrs[names.METRIC]}, YAML {s.metric}")
+    if attrs.get(names.SPACE) != space_signature(config.space):
+        stored = json.loads(attrs.get(names.SPACE, "{}"))
         now = json.loads(space_signature(config.space))
         changed = sorted(k for k in set(stored) | set(now) if stored.get(k) != now.get(k))
         problems.append(f"space: differs in {', '.join(changed)}")
-    stored_fixed = json.loads(attrs.get("fixed", "{}"))
+    stored_fixed = json.loads(attrs.get(names.FIXED_VALUES, "{}"))
     now_fixed = fixed_signature(config)
     changed = sorted(k for k in set(stored_fixed) | set(now_fixed) if stored_fixed.get(k) != now_fixed.get(k))
     if changed:
@@ -130,17 +154,17 @@ def open_study(config: RunConfig, storage, sampler, pruner) -> optuna.Study:
 
 
 def enqueue_baselines(study: optuna.Study, config: RunConfig) -> int:
-    done = set(json.loads(study.user_attrs.get("baselines_enqueued", "[]")))
+    done = set(json.loads(study.user_attrs.get(names.BASELINES_ENQUEUED, "[]")))
     added = 0
     for i, baseline in enumerate(config.baselines):
         name = baseline_name(baseline, i)
         if name in done:
             continue
         params, fixed = baseline_trial(baseline, config)
-        study.enqueue_trial(params, user_attrs={"baseline": name, "fixed": json.dumps(fixed)})
+        study.enqueue_trial(params, user_attrs={names.BASELINE: name, names.FIXED: json.dumps(fixed)})
         done.add(name)
         added += 1
-    study.set_user_attr("baselines_enqueued", json.dumps(sorted(done)))
+    study.set_user_attr(names.BASELINES_ENQUEUED, json.dumps(sorted(done)))
     return added
 
 
@@ -151,7 +175,8 @@ def requeue_interrupted(study: optuna.Study) -> int:
     callback = retry_callback()
     added = 0
     for t in trials:
-        if t.state == TrialState.FAIL and t.user_attrs.get("fail_kind") == "interrupted" and t.number not in retried:
+        if t.state == TrialState.FAIL and t.user_attrs.get(names.FAIL_KIND) == names.INTERRUPTED \
+                and t.number not in retried:
             callback(study, t)
             added += 1
     return added

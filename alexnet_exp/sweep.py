@@ -1,9 +1,11 @@
 """`python -m alexnet_exp.sweep SPACE.yaml`: an Optuna study over AlexNet trials, tracked in MLflow.
 
-The launcher validates everything, creates (or resumes) the study, the MLflow experiment and the parent run
-once, enqueues the baselines, then runs trials itself or starts `--workers N` worker processes on the same
-study (one GPU each, round-robin), until the budget of finished trials is met. It then evaluates the best
-trial once on the held-out test split.
+The launcher validates everything before writing any state, then plays the three roles of `roles.py`: it sets
+up (or resumes) the study, the MLflow experiment and the parent run; runs trials itself or supervises
+`--workers N` worker processes on the same study (one GPU each, round-robin) until the budget of finished
+trials is met; and finishes: the best trial evaluated once on the held-out test split, the parent run closed.
+Any number of launchers may start at the same instant on the same study (one machine or many): they share
+the budget, sample different configurations and set up and finish the study once.
 """
 from __future__ import annotations
 
@@ -19,18 +21,19 @@ from typing import Optional
 import optuna
 from optuna.trial import TrialState
 
-from .config import ConfigError, RunConfig, dump_config, load_config
+from . import names
+from .budget import budget_state
+from .config import ConfigError, RunConfig, load_config
 from .data import DataError
-from .objective import TrialContext, evaluate_on_test, run_trial, weights_path
 from .pipeline import DataCache
-from .progress import SweepProgress
-from .space import make_pruner, make_sampler, ordered_params, suggest
-from .study_store import (StudyMismatch, default_storage, enqueue_baselines, open_storage, open_study, redact,
-                          requeue_interrupted)
+from .processes import gpu_list, python_command, supervise, watch_launcher
+from .redaction import redact_text, redact_url
+from .roles import SweepStudy, close_parent, finish_study, join_study, run_worker, setup_study, trial_counts
+from .samplers import make_pruner, make_sampler
+from .space import ordered_params, suggest
+from .study_store import StudyMismatch, default_storage, enqueue_baselines, open_storage
 from .tracking import Tracker, resolve_tracking_uri
 from .train import resolve_device
-from .workers import (budget_state, gpu_list, is_verdict, python_command, run_trials, start_workers,
-                      wait_for_workers, worker_label)
 
 
 # ---- the run -------------------------------------------------------------------------------------------------
@@ -64,8 +67,8 @@ def dry_run(config: RunConfig, sampler, n: int) -> None:
     enqueue_baselines(study, config)
     for _ in range(n):
         trial = study.ask()
-        values = suggest(trial, config.space, json.loads(trial.user_attrs.get("fixed", "{}")))
-        label = trial.user_attrs.get("baseline", "sampled")
+        values = suggest(trial, config.space, json.loads(trial.user_attrs.get(names.FIXED, "{}")))
+        label = trial.user_attrs.get(names.BASELINE, "sampled")
         try:
             config.with_values(values)
             status = ""
@@ -73,43 +76,6 @@ def dry_run(config: RunConfig, sampler, n: int) -> None:
             status = f"  INVALID: {'; '.join(exc.errors)}"
         print(f"trial {trial.number} ({label}): {json.dumps(values)}{status}")
         study.tell(trial, state=TrialState.FAIL)  # nothing trained
-
-
-def finalize(study: optuna.Study, config: RunConfig, tracker: Tracker, parent_id: str, cache: DataCache,
-             weights_dir: Path) -> Optional[dict]:
-    """Evaluate the best trial once on the held-out test split; log it on its run and the parent run."""
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-    if not complete:
-        return None
-    best = study.best_trial
-    summary = {"trial": best.number, "value": best.value, "params": json.loads(best.user_attrs["values"])}
-    weights = weights_path(weights_dir, best.number)
-    if study.user_attrs.get("test_evaluated_trial") == best.number:
-        summary.update(study.user_attrs.get("test_metrics", {}))
-        return summary
-    if not weights.is_file():
-        print(f"note: no saved weights for best trial {best.number} (expected {weights}); test split not evaluated",
-              file=sys.stderr)
-        return summary
-    best_config = config.with_values(summary["params"])
-    model, result = evaluate_on_test(best_config, cache, weights)
-    metrics = {"test_accuracy": result.accuracy, "test_macro_f1": result.macro_f1, "test_loss": result.loss}
-    run_id = best.user_attrs.get("mlflow_run_id")
-    if run_id:
-        tracker.log_metrics(run_id, metrics, step=best.user_attrs.get("epochs_run", 0))
-        try:
-            tracker.log_model(run_id, model)
-        except Exception as exc:  # the test metrics are logged already; the model file is a convenience
-            print(f"warning: could not log the best model to MLflow: {type(exc).__name__}: {exc}", file=sys.stderr)
-    tracker.log_metrics(parent_id, {**metrics, f"best_{config.study.metric}": best.value}, step=0)
-    tracker.set_tags(parent_id, {"best_trial": best.number, "best_run_id": run_id or ""})
-    study.set_user_attr("test_evaluated_trial", best.number)
-    study.set_user_attr("test_metrics", metrics)
-    for stale in weights_dir.glob("trial_*.pt"):  # only the best trial's weights are kept
-        if stale != weights:
-            stale.unlink(missing_ok=True)
-    summary.update(metrics)
-    return summary
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,49 +118,31 @@ def _flag_overrides(args) -> list[str]:
     return out
 
 
+_stopping = False
+
+
 def _raise_interrupt(signum, frame):
+    """SIGTERM (and in workers Ctrl-C) take the clean way out, once: a second signal while the first is being
+    handled (Ctrl-C reaches the workers and then the launcher's SIGTERM does too) must not cut the clean-up."""
+    global _stopping
+    if _stopping:
+        return
+    _stopping = True
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _run_here(config: RunConfig, study: optuna.Study, tracker: Tracker, parent_id: str, cache: DataCache,
-              quiet: bool) -> bool:
-    """Run trials in this process until the budget is met; False when interrupted."""
-    s = config.study
-    verdicts, _, _ = budget_state(study)
-    progress = SweepProgress(s.n_trials, min(verdicts, s.n_trials), config.train.epochs, s.metric, quiet,
-                             prefix=worker_label())
-    ctx = TrialContext(config, tracker, parent_id, cache, Path("sweeps") / s.name / "weights", progress,
-                       {"study": s.name, "sampler": s.sampler, "device": str(cache.device), "git_commit": git_commit()},
-                       Path("sweeps") / s.name / "checkpoints" if s.checkpoint else None)
-
-    def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        value = trial.value if trial.state == TrialState.COMPLETE else None
-        note = trial.user_attrs.get("fail_reason", "")
-        if trial.state == TrialState.PRUNED:
-            note = f"pruned at epoch {trial.user_attrs.get('pruned_at_epoch', '?')}"
-        best = study.best_value if any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)) \
-            else None
-        progress.trial_finished(trial.number, trial.state.name, value, note, best, is_verdict(trial))
-
-    try:
-        why = run_trials(study, lambda trial: run_trial(trial, ctx, s.n_trials), s.n_trials, s.timeout,
-                         after_trial, max_errors=max(3, s.n_trials))
-        if why == "errors":
-            print(f"{worker_label()}stopping: as many trials raised errors as the budget (see their MLflow runs' "
-                  f"error.txt)", file=sys.stderr)
-        return True
-    except KeyboardInterrupt:
-        print(f"\n{worker_label()}interrupted: the running trial is marked failed; run the same command to "
-              f"resume it", file=sys.stderr)
-        return False
-    finally:
-        progress.close()
+def _exit_code(why: str) -> int:
+    return {"interrupted": names.EXIT_INTERRUPTED, "errors": names.EXIT_ERRORS}.get(why, names.EXIT_OK)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    global _stopping
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM takes the same clean way out as Ctrl-C
+    _stopping = False
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    if args.worker:
+        signal.signal(signal.SIGINT, _raise_interrupt)
     try:
         config = load_config(args.config, _flag_overrides(args))
         ordered_params(config.space)
@@ -203,11 +151,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         pruner = make_pruner(s.pruner, s.pruner_options, config.train.epochs)
         if args.dry_run:
             dry_run(config, sampler, args.dry_run_trials)
-            return 0
+            return names.EXIT_OK
         gpus = gpu_list(args.gpus) if not args.worker else []
+        if args.workers is not None and args.workers < 1:
+            raise ConfigError("--workers", [f"--workers: must be at least 1 (got {args.workers})"])
+        if args.trials_per_gpu is not None and args.trials_per_gpu < 1:
+            raise ConfigError("--trials-per-gpu", [f"--trials-per-gpu: must be at least 1 (got {args.trials_per_gpu})"])
         n_workers = args.workers or ((len(gpus) or 1) * args.trials_per_gpu if args.trials_per_gpu else 1)
-        if n_workers < 1:
-            raise ConfigError("--workers", ["--workers: must be at least 1"])
         device = resolve_device(config.train.device)
         cache = DataCache(device)  # each dataset loaded once in this process, for the trials and the test split
         if not args.worker:
@@ -215,75 +165,70 @@ def main(argv: Optional[list[str]] = None) -> int:
         storage_url = s.storage or default_storage(s.name)
         storage = open_storage(storage_url, s.heartbeat_seconds)
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own lines say what happened to each trial
-        study = open_study(config, storage, sampler, pruner)
-        existing = len(study.get_trials(deepcopy=False))
-        if existing and s.seed is not None:
-            # The same seed again would replay the first samples: continue the stream where the study is.
-            study.sampler = make_sampler(s.sampler, s.sampler_options, s.seed + existing, config.space)
         tracker = Tracker(resolve_tracking_uri(s.tracking_uri), s.experiment or s.name)
+        run_tags = {"study": s.name, "sampler": s.sampler, "device": str(device), "git_commit": git_commit()}
+        if args.worker:  # the launcher has set everything up; just run trials
+            run = join_study(config, storage_url, storage, sampler, pruner, tracker)
+        else:
+            environment = {"command": redact_text("python -m alexnet_exp.sweep " + " ".join(argv)),
+                           "device": str(device), "workers": n_workers, "git_commit": run_tags["git_commit"],
+                           **library_versions()}
+            run, report = setup_study(config, storage_url, storage, sampler, pruner, tracker, environment)
     except (ConfigError, StudyMismatch, DataError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return names.EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        return 130
+        return names.EXIT_INTERRUPTED
 
-    if args.worker:  # the launcher has set everything up; just run trials
-        parent_id = study.user_attrs["mlflow_parent_run_id"]
-        return 0 if _run_here(config, study, tracker, parent_id, cache, quiet=True) else 130
+    if args.worker:
+        return _work(run, cache, run_tags)
+    return _launch(run, report, cache, run_tags, argv, n_workers, gpus, device, args.quiet)
 
-    commit = git_commit()
-    parent_id = study.user_attrs.get("mlflow_parent_run_id")
-    if tracker.run_exists(parent_id):
-        tracker.reopen(parent_id)
-    else:
-        parent_id = tracker.start_parent(s.name, {"study": s.name, "sampler": s.sampler, "pruner": s.pruner,
-                                                  "metric": s.metric, "direction": s.direction,
-                                                  "storage": redact(storage_url), "dataset": config.data.dataset,
-                                                  "model": config.model.arch})
-        study.set_user_attr("mlflow_parent_run_id", parent_id)
-        tracker.log_text(parent_id, dump_config(config), "config.yaml")
-    command = "python -m alexnet_exp.sweep " + " ".join(argv)
-    command = command.replace(storage_url, redact(storage_url))  # never record a password
-    environment = {"command": command, "device": str(device), "workers": n_workers, "git_commit": commit,
-                   **library_versions()}
-    study.set_user_attr("environment", environment)  # the latest invocation; the report shows it
-    tracker.set_tags(parent_id, environment)
-    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-    closed = tracker.close_stale(parent_id, running)
-    added = enqueue_baselines(study, config)
-    requeued = requeue_interrupted(study)
-    done, _, _ = budget_state(study)
-    print(f"study {s.name}: {done}/{s.n_trials} trials finished{', resuming' if done else ''}; "
-          f"storage {redact(storage_url)}; device {device}; {n_workers} worker(s)")
-    for count, what in ((closed, "stale MLflow run(s) left RUNNING by an ended process closed as failed"),
-                        (added, "baseline(s) enqueued"), (requeued, "interrupted trial(s) queued to resume")):
+
+def _work(run: SweepStudy, cache: DataCache, run_tags: dict) -> int:
+    """A worker process started by the launcher."""
+    launcher_gone = watch_launcher()
+    why = run_worker(run, cache, run_tags, quiet=True)
+    if why == "interrupted" and launcher_gone.is_set():
+        # No launcher is left to close the parent run: the last worker out does, as the launcher would have.
+        if close_parent(run, "KILLED"):
+            print("the launcher ended: parent run closed as KILLED; run the same command to resume",
+                  file=sys.stderr)
+    return _exit_code(why)
+
+
+def _launch(run: SweepStudy, report, cache: DataCache, run_tags: dict, argv: list[str], n_workers: int,
+            gpus: list[str], device, quiet: bool) -> int:
+    s, tracker = run.config.study, run.tracker
+    print(f"study {s.name}: {report.finished}/{s.n_trials} trials finished{', resuming' if report.finished else ''}; "
+          f"storage {redact_url(run.storage_url)}; device {device}; {n_workers} worker(s)")
+    for count, what in ((report.closed_runs, "stale MLflow run(s) left RUNNING by an ended process closed as failed"),
+                        (report.baselines, "baseline(s) enqueued"),
+                        (report.requeued, "interrupted trial(s) queued to resume")):
         if count:
             print(f"{count} {what}")
-    print(f"MLflow: {tracker.tracking_uri} -> {tracker.ui_link()} (run `mlflow ui` in this folder)")
+    print(f"MLflow: {tracker.shown_uri} -> {tracker.ui_link()} (run `mlflow ui` in this folder)")
 
     started = time.monotonic()
-    finished = True
-    if done < s.n_trials:
+    why = "budget"
+    if report.finished < s.n_trials:
         if n_workers == 1:
-            finished = _run_here(config, study, tracker, parent_id, cache, args.quiet)
+            why = run_worker(run, cache, run_tags, quiet)
         else:
-            workers = start_workers(python_command("alexnet_exp.sweep", argv + ["--worker", "--quiet"]),
-                                    n_workers, gpus)
-            print(f"started {n_workers} workers (pids {', '.join(str(w.pid) for w in workers)})"
-                  f"{'; GPUs ' + ','.join(gpus) if gpus else ''}")
-            finished = wait_for_workers(workers)
-            if not finished:
+            command = python_command("alexnet_exp.sweep", argv + ["--worker", "--quiet"])
+            codes = supervise(command, n_workers, gpus, lambda: budget_state(run.study)[0] < s.n_trials)
+            if codes is None:
+                why = "interrupted"
                 print("interrupted: workers stopped, their running trials marked failed; run the same command "
                       "to resume", file=sys.stderr)
+            elif names.EXIT_ERRORS in codes:
+                why = "errors"
     summary = None
-    if finished:
-        summary = finalize(study, config, tracker, parent_id, cache, Path("sweeps") / s.name / "weights")
-    counts = {state.name.lower(): 0 for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
-    for t in study.get_trials(deepcopy=False):
-        if t.state.name.lower() in counts:
-            counts[t.state.name.lower()] += 1
-    tracker.log_metrics(parent_id, {f"trials_{k}": v for k, v in counts.items()}, step=0)
-    tracker.finish(parent_id, "FINISHED" if finished else "KILLED")
+    if why == "interrupted":
+        close_parent(run, "KILLED")
+    else:
+        summary = finish_study(run, cache, "FINISHED" if why != "errors" else "FAILED")
+    counts = trial_counts(run.study)
     print(f"\nstudy {s.name}: {', '.join(f'{v} {k}' for k, v in counts.items())} "
           f"in {time.monotonic() - started:.0f} s")
     if summary:
@@ -291,10 +236,13 @@ def main(argv: Optional[list[str]] = None) -> int:
                 if "test_accuracy" in summary else "")
         print(f"best trial {summary['trial']}: {s.metric} {summary['value']:.4f}{test}")
         print(f"  {json.dumps(summary['params'])}")
-    elif finished:
+    elif why != "interrupted":
         print("no trial completed: nothing to evaluate on the test split")
+    if why == "errors":
+        print(f"stopped because trials kept raising errors (exit code {names.EXIT_ERRORS}): see their MLflow "
+              f"runs' {names.ERROR_ARTIFACT}, fix the cause, and run the same command to go on", file=sys.stderr)
     print(f"MLflow runs: {tracker.ui_link()}")
-    return 0 if finished else 130
+    return _exit_code(why)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,11 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 
+from . import names
+from .locks import file_lock, sqlite_path
+from .redaction import redact_url
+
 MAX_BATCH = 900  # MLflow accepts at most 1000 metrics in one log_batch call
-ROLE_TAG = "role"
 
 
 def resolve_tracking_uri(configured: Optional[str]) -> str:
@@ -37,7 +40,7 @@ def check_server(uri: str, timeout: float = 10.0) -> None:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
             response.read()
     except (urllib.error.URLError, OSError) as exc:
-        raise RuntimeError(f"cannot reach the MLflow tracking server at {uri} ({exc}); start it "
+        raise RuntimeError(f"cannot reach the MLflow tracking server at {redact_url(uri)} ({exc}); start it "
                            f"(see README, Scaling out) or fix --tracking-uri / MLFLOW_TRACKING_URI") from None
 
 
@@ -56,8 +59,22 @@ class Tracker:
         self.tracking_uri = tracking_uri
         if tracking_uri.startswith(("http://", "https://")):
             check_server(tracking_uri)
-        self.client = MlflowClient(tracking_uri)
-        self.experiment_id = self._ensure_experiment(experiment_name)
+        db = sqlite_path(tracking_uri)
+        if db is None:
+            self.client = MlflowClient(tracking_uri)
+            self.experiment_id = self._ensure_experiment(experiment_name)
+        else:
+            # Processes that first touch a fresh mlflow.db at the same moment crash in MLflow's schema migration
+            # and can leave the file unusable: the first touch (the client's store, which migrates) and the
+            # experiment's creation happen one process at a time.
+            with file_lock(db.with_name(db.name + ".lock")):
+                self.client = MlflowClient(tracking_uri)
+                self.experiment_id = self._ensure_experiment(experiment_name)
+
+    @property
+    def shown_uri(self) -> str:
+        """The tracking URI fit to print or record (no password)."""
+        return redact_url(self.tracking_uri)
 
     def _ensure_experiment(self, name: str) -> str:
         found = self.client.get_experiment_by_name(name)
@@ -65,13 +82,23 @@ class Tracker:
             if found.lifecycle_stage == "deleted":
                 self.client.restore_experiment(found.experiment_id)
             return found.experiment_id
+        try:
+            return self.client.create_experiment(name, artifact_location=self._artifact_location())
+        except mlflow.exceptions.MlflowException as exc:
+            # Another process (of another study with the same experiment, on a tracking server) was first.
+            found = self.client.get_experiment_by_name(name)
+            if found is None:
+                raise exc
+            return found.experiment_id
+
+    def _artifact_location(self) -> Optional[str]:
         location = None
         parsed = urlparse(self.tracking_uri)
         if parsed.scheme == "sqlite" and parsed.path not in ("", "/:memory:"):
             # Keep artifacts beside the database (MLflow would use ./mlruns of whatever folder we run in).
             db_path = Path(self.tracking_uri[len("sqlite:///"):])
             location = (db_path.resolve().parent / "mlruns").as_uri()
-        return self.client.create_experiment(name, artifact_location=location)
+        return location
 
     def ui_link(self, host: str = "http://127.0.0.1:5000") -> str:
         return f"{host}/#/experiments/{self.experiment_id}/runs"
@@ -89,7 +116,7 @@ class Tracker:
 
     def start_parent(self, study_name: str, tags: dict[str, Any]) -> str:
         run = self.client.create_run(self.experiment_id, run_name=study_name,
-                                     tags={ROLE_TAG: "study", **{k: _text(v) for k, v in tags.items()}})
+                                     tags={names.ROLE_TAG: names.ROLE_STUDY, **{k: _text(v) for k, v in tags.items()}})
         return run.info.run_id
 
     def run_status(self, run_id: str) -> Optional[str]:
@@ -103,7 +130,7 @@ class Tracker:
 
     def start_trial(self, parent_id: str, run_name: str, params: dict[str, Any], tags: dict[str, Any]) -> str:
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags={
-            "mlflow.parentRunId": parent_id, ROLE_TAG: "trial", **{k: _text(v) for k, v in tags.items()}})
+            "mlflow.parentRunId": parent_id, names.ROLE_TAG: names.ROLE_TRIAL, **{k: _text(v) for k, v in tags.items()}})
         run_id = run.info.run_id
         items = [Param(k, _text(v)) for k, v in params.items()]
         for start in range(0, len(items), 100):
@@ -156,9 +183,9 @@ class Tracker:
         """Mark as FAILED the RUNNING child runs whose trial is not running any more (a killed process)."""
         closed = []
         for run in self.child_runs(parent_id):
-            trial = run.data.tags.get("trial")
+            trial = run.data.tags.get(names.TRIAL_TAG)
             if run.info.status == "RUNNING" and (trial is None or int(trial) not in live_trials):
-                self.finish(run.info.run_id, "FAILED", {"state": "FAIL",
+                self.finish(run.info.run_id, "FAILED", {names.STATE_TAG: "FAIL",
                                                        "fail_reason": "stale: its process ended without closing it"})
                 closed.append(run.info.run_id)
         return closed

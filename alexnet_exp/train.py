@@ -253,7 +253,10 @@ def fit(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: t
         train_seconds = time.perf_counter() - started
         lr_now = opt.param_groups[0]["lr"]
         step_losses = list(zip([s for s, _ in sampled], torch.stack([v for _, v in sampled]).tolist()))
-        if not math.isfinite(train_loss):
+        if not math.isfinite(train_loss):  # its weights are no longer numbers: no validation pass, but the
+            nan = float("nan")             # epoch is kept, so the run shows where and how it diverged
+            history.append(EpochMetrics(epoch, train_loss, nan, nan, nan, lr_now, time.perf_counter() - started,
+                                        min(n, steps_per_epoch * batch_size) / train_seconds, step_losses))
             return FitResult("diverged", f"training loss became {train_loss} in epoch {epoch}", history)
         val = evaluate(model, val_x, val_y, augmenter, num_classes, eval_batch_size)
         metrics = EpochMetrics(epoch, train_loss, val.loss, val.accuracy, val.macro_f1, lr_now,

@@ -1,5 +1,6 @@
 """The multi-machine setup on one machine: a real PostgreSQL study storage and a real MLflow tracking server
 (backed by PostgreSQL) on loopback, with several worker processes."""
+import json
 import os
 import subprocess
 import sys
@@ -8,8 +9,8 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from alexnet_exp.workers import is_verdict
-from servers import PASSWORD, start_mlflow_server, start_postgres
+from alexnet_exp.budget import is_verdict
+from servers import PASSWORD, _pg_bin, start_mlflow_server, start_postgres
 from sweep_helpers import write_config
 
 
@@ -17,31 +18,44 @@ from sweep_helpers import write_config
 def servers(tmp_path_factory):
     port, stop_pg, restart_pg = start_postgres()
     base = f"postgresql://alex:{PASSWORD}@127.0.0.1:{port}"
+    artifacts = tmp_path_factory.mktemp("artifacts")
     try:
-        url, mlflow_proc = start_mlflow_server(f"{base}/mlflow", tmp_path_factory.mktemp("artifacts"))
+        url, mlflow_proc = start_mlflow_server(f"{base}/mlflow", artifacts)
     except Exception:
         stop_pg()
         raise
-    yield f"{base}/optuna", url, restart_pg
+    yield f"{base}/optuna", url, restart_pg, port, artifacts
     mlflow_proc.terminate()
     mlflow_proc.wait(timeout=30)
     stop_pg()
 
 
-def test_three_workers_on_postgres_and_a_tracking_server(servers, tmp_path):
-    storage, tracking, _ = servers
-    cfg = write_config(tmp_path / "s.yaml", study={"name": "tiny", "n_trials": 6, "sampler": "tpe",
-                                                   "pruner": "median"})
-    proc = subprocess.run([sys.executable, "-m", "alexnet_exp.sweep", str(cfg), "--quiet", "--workers", "3",
-                           "--storage", storage], cwd=tmp_path, capture_output=True, text=True, timeout=400,
-                          env={**os.environ, "MLFLOW_TRACKING_URI": tracking})
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-4000:]
-    assert PASSWORD not in output
+def test_launchers_started_together_on_postgres_and_a_tracking_server(servers, tmp_path):
+    """Two machines' launchers (two folders) of two workers each, started at the same instant on a fresh
+    PostgreSQL study and a fresh MLflow experiment on the tracking server."""
+    storage, tracking, _, port, artifacts = servers
+    cfg = write_config(tmp_path / "s.yaml", train={"epochs": 1},
+                       baselines=[{"name": "hand-tuned", "train.optimizer": "sgd", "train.lr": 0.03}],
+                       study={"name": "tiny", "n_trials": 6, "sampler": "tpe", "pruner": "median"})
+    machines = [tmp_path / "machine-a", tmp_path / "machine-b"]
+    procs = []
+    for folder in machines:
+        folder.mkdir()
+        procs.append(subprocess.Popen([sys.executable, "-m", "alexnet_exp.sweep", str(cfg), "--quiet", "--workers",
+                                       "2", "--storage", storage], cwd=folder, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True,
+                                      env={**os.environ, "MLFLOW_TRACKING_URI": tracking}))
+    outputs = [p.communicate(timeout=400)[0] for p in procs]
+    for p, output in zip(procs, outputs):
+        assert p.returncode == 0 and "Traceback" not in output, output[-4000:]
+        assert PASSWORD not in output
 
     trials = optuna.load_study(study_name="tiny", storage=storage).get_trials()
     assert sum(is_verdict(t) for t in trials) == 6
     assert len({t.user_attrs["worker_pid"] for t in trials if "worker_pid" in t.user_attrs}) >= 2
+    sampled = [json.dumps(t.params, sort_keys=True) for t in trials if t.params]
+    assert len(set(sampled)) == len(sampled)  # no configuration twice
+    assert [t.user_attrs["baseline"] for t in trials if t.user_attrs.get("baseline")] == ["hand-tuned"]
 
     client = MlflowClient(tracking)
     exp = client.get_experiment_by_name("tiny")
@@ -59,6 +73,17 @@ def test_three_workers_on_postgres_and_a_tracking_server(servers, tmp_path):
     # artifacts went through the server to its artifact store
     done = [c for c in children if c.data.tags["state"] == "COMPLETE"]
     assert done and any(a.path == "config.yaml" for a in client.list_artifacts(done[0].info.run_id))
+    tested = [c for c in children if "test_accuracy" in c.data.metrics]
+    assert len(tested) == 1 and len(client.get_metric_history(tested[0].info.run_id, "test_accuracy")) == 1
+
+    # The password is nowhere in what was written: artifacts, both databases (attributes, params, tags), the
+    # local folders.
+    written = [p for root in (artifacts, *machines) for p in root.rglob("*") if p.is_file()]
+    assert written and not [p for p in written if PASSWORD.encode() in p.read_bytes()]
+    for db in ("optuna", "mlflow"):
+        dump = subprocess.run([_pg_bin("pg_dump"), "-h", "127.0.0.1", "-p", str(port), "-U", "alex", db], check=True,
+                              capture_output=True, text=True, env={**os.environ, "PGPASSWORD": PASSWORD}).stdout
+        assert "CREATE TABLE" in dump and PASSWORD not in dump, db
 
 
 def test_a_storage_outage_mid_sweep_loses_nothing(servers, tmp_path):
@@ -66,7 +91,7 @@ def test_a_storage_outage_mid_sweep_loses_nothing(servers, tmp_path):
 
     from test_workers import running_trial_at_epoch_in, wait_for
 
-    storage, _, restart_pg = servers
+    storage, _, restart_pg, _, _ = servers
     cfg = write_config(tmp_path / "s.yaml", data={"synthetic_train_size": 1200}, model={"width": 0.25},
                        train={"epochs": 4}, study={"name": "outage", "n_trials": 2, "sampler": "random",
                                                    "pruner": "none", "heartbeat_seconds": 2})

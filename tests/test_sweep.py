@@ -6,7 +6,7 @@ from optuna.trial import TrialState
 
 from alexnet_exp.config import config_from_dict
 from alexnet_exp.space import suggest
-from alexnet_exp.sweep import redact
+from alexnet_exp.redaction import redact_url as redact
 from sweep_helpers import TINY, mlflow_runs, run_sweep, write_config
 
 
@@ -65,7 +65,8 @@ def test_smoke_sweep_end_to_end(in_tmp, capsys):
 def test_states_map_to_mlflow_status_with_reasons(in_tmp):
     baselines = [
         {"name": "good", "train.optimizer": "sgd", "train.lr": 0.03, "train.momentum": 0.9},
-        {"name": "crash", "augment.input_size": 16},  # the network's feature map vanishes: an exception
+        # files that are not there, found only when the trial loads its data: an exception
+        {"name": "crash", "data.dataset": "cifar10", "data.root": "no-such-folder", "data.download": False},
         {"name": "slow", "train.optimizer": "sgd", "train.lr": 1e-7, "train.momentum": 0.0},
         {"name": "boom", "train.optimizer": "sgd", "train.lr": 10.0, "train.momentum": 0.9, "model.norm": "none"},
         {"name": "nesterov", "train.optimizer": "sgd", "train.nesterov": True, "train.momentum": 0.0},
@@ -83,7 +84,7 @@ def test_states_map_to_mlflow_status_with_reasons(in_tmp):
     assert trials["nesterov"].user_attrs["fail_kind"] == "invalid"
     assert "nesterov" in trials["nesterov"].user_attrs["fail_reason"]
     assert trials["crash"].user_attrs["fail_kind"] == "error"
-    assert "too small" in trials["crash"].user_attrs["fail_reason"]
+    assert "no-such-folder" in trials["crash"].user_attrs["fail_reason"]
 
     client, _, children = mlflow_runs(in_tmp)
     by_trial = {int(c.data.tags["trial"]): c for c in children}
@@ -95,6 +96,9 @@ def test_states_map_to_mlflow_status_with_reasons(in_tmp):
         assert (run.info.status, run.data.tags["state"]) == (status, state), name
     assert by_trial[trials["slow"].number].data.tags["pruned_at_epoch"] == "1"
     assert by_trial[trials["boom"].number].data.tags["fail_kind"] == "diverged"
+    # the diverged trial keeps the metrics of the epoch it diverged in
+    boom_loss = client.get_metric_history(by_trial[trials["boom"].number].info.run_id, "train_loss")
+    assert [m.step for m in boom_loss] == [trials["boom"].user_attrs.get("epochs_run", 0) + 1]
     crash_artifacts = [a.path for a in client.list_artifacts(by_trial[trials["crash"].number].info.run_id)]
     assert "error.txt" in crash_artifacts
 
@@ -184,6 +188,20 @@ def test_dry_run_trains_nothing(in_tmp, capsys):
 def test_storage_password_is_redacted():
     assert redact("postgresql://alice:s3cret@db.example:5432/optuna") == "postgresql://alice:***@db.example:5432/optuna"
     assert "s3cret" not in redact("postgresql+psycopg2://alice:s3cret@host/db")
+    assert redact("http://bob:s3cret@tracking:5000") == "http://bob:***@tracking:5000"
+    assert redact("postgresql://host/db?user=a&password=s3cret&sslmode=require") == \
+        "postgresql://host/db?user=a&password=***&sslmode=require"
+    assert redact("sqlite:///sweeps/a/optuna.db") == "sqlite:///sweeps/a/optuna.db"
+
+
+def test_dumped_config_holds_no_password():
+    from alexnet_exp.config import dump_config
+
+    config = config_from_dict({"study": {"storage": "postgresql://alice:s3cret@db:5432/optuna",
+                                         "tracking_uri": "https://bob:t0ken@mlflow.example"}})
+    text = dump_config(config)
+    assert "s3cret" not in text and "t0ken" not in text
+    assert "postgresql://alice:***@db:5432/optuna" in text and "https://bob:***@mlflow.example" in text
 
 
 def test_missing_dataset_is_one_clear_error_before_any_state(in_tmp, capsys):

@@ -10,7 +10,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from alexnet_exp.workers import is_verdict
+from alexnet_exp.budget import is_verdict
 from sweep_helpers import mlflow_runs, run_sweep, write_config
 
 
@@ -112,8 +112,13 @@ def test_killed_worker_trial_is_retried_from_its_checkpoint(tmp_path):
     assert proc.returncode == 0, out
     trials, children = assert_consistent(tmp_path, 3)
     killed = next(t for t in trials if t.number == victim.number)
-    assert killed.state == TrialState.FAIL and "fail_kind" not in killed.user_attrs
+    # its end is recorded with the reason, like every other trial's
+    assert killed.state == TrialState.FAIL and killed.user_attrs["fail_kind"] == "lost"
+    assert "heartbeats" in killed.user_attrs["fail_reason"]
     retry = next(t for t in trials if t.system_attrs.get("failed_trial") == victim.number)
+    assert "fail_kind" not in retry.user_attrs  # the retry does not inherit the end of the trial it retries
+    # the dead worker was replaced while budget remained
+    assert f"pid {victim.user_attrs['worker_pid']}) died (signal SIGKILL) with budget left; replaced" in out
     assert retry.params == killed.params
     assert json.loads(retry.user_attrs["values"]) == json.loads(killed.user_attrs["values"])
     assert retry.user_attrs["resumed_from_epoch"] >= 2

@@ -1,0 +1,35 @@
+"""The trial budget: which trials count, how many are in flight, and who gives way at the last slot.
+
+The budget (`study.n_trials`) is global: finished trials across all workers, launchers and resumes. A failure
+that judges the hyperparameters counts (names.VERDICT_FAILURES); an exception, a lost or interrupted worker,
+or a surplus trial does not, and later trials make it up.
+"""
+from __future__ import annotations
+
+import optuna
+from optuna.trial import TrialState
+
+from . import names
+
+
+def is_verdict(trial: optuna.trial.FrozenTrial) -> bool:
+    """Finished trials: complete, pruned, or failed for a reason that judges the hyperparameters."""
+    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
+        trial.state == TrialState.FAIL and trial.user_attrs.get(names.FAIL_KIND) in names.VERDICT_FAILURES)
+
+
+def is_error(trial: optuna.trial.FrozenTrial) -> bool:
+    return trial.state == TrialState.FAIL and trial.user_attrs.get(names.FAIL_KIND) == names.ERROR
+
+
+def budget_state(study: optuna.Study) -> tuple[int, int]:
+    """(finished trials, trials running now)."""
+    trials = study.get_trials(deepcopy=False)
+    return sum(is_verdict(t) for t in trials), sum(t.state == TrialState.RUNNING for t in trials)
+
+
+def surplus(study: optuna.Study, number: int, n_trials: int) -> bool:
+    """Two workers can take the last slot of the budget at the same moment: the later trial gives way."""
+    ahead = [t for t in study.get_trials(deepcopy=False)
+             if t.number < number and (is_verdict(t) or t.state == TrialState.RUNNING)]
+    return len(ahead) >= n_trials

@@ -1,0 +1,201 @@
+"""The sweep's three roles, each callable on its own and safe in any number of processes at the same instant:
+
+- `setup_study`: create (or check and resume) the Optuna study, the MLflow experiment and the study's parent
+  run, close stale runs, enqueue the baselines and the interrupted trials, once;
+- `run_worker`: run trials of the study until its global budget is met;
+- `finish_study`: evaluate the best trial once on the held-out test split and close the parent run.
+
+What must happen once per study (the parent run, the baselines, the test evaluation) happens under the study's
+lock (`locks.study_lock`), so that launchers started together, on one machine or many, agree on it.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import optuna
+from optuna.trial import TrialState
+
+from . import names
+from .budget import budget_state, is_verdict
+from .config import RunConfig, dump_config
+from .locks import study_lock
+from .objective import TrialContext, evaluate_on_test, run_trial
+from .pipeline import DataCache
+from .progress import SweepProgress, worker_label
+from .redaction import redact_url
+from .study_store import enqueue_baselines, open_study, requeue_interrupted
+from .tracking import Tracker
+from .workers import run_trials
+
+
+@dataclass
+class SweepStudy:
+    """An opened study and where its runs go."""
+
+    config: RunConfig
+    storage_url: str
+    study: optuna.Study
+    tracker: Tracker
+    parent_id: str
+
+    @property
+    def name(self) -> str:
+        return self.config.study.name
+
+
+@dataclass
+class SetupReport:
+    finished: int  # trials that count toward the budget, before this run
+    closed_runs: int  # MLflow runs left RUNNING by ended processes, closed as failed
+    baselines: int  # baselines enqueued now
+    requeued: int  # interrupted trials queued to resume
+
+
+def setup_study(config: RunConfig, storage_url: str, storage, sampler, pruner, tracker: Tracker,
+                environment: dict[str, Any]) -> tuple[SweepStudy, SetupReport]:
+    with study_lock(storage_url, config.study.name):
+        study = open_study(config, storage, sampler, pruner)
+        parent_id = _ensure_parent_run(study, tracker, config, storage_url)
+        study.set_user_attr(names.ENVIRONMENT, environment)  # the latest invocation; the report shows it
+        tracker.set_tags(parent_id, environment)
+        running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        closed = len(tracker.close_stale(parent_id, running))
+        added = enqueue_baselines(study, config)
+        requeued = requeue_interrupted(study)
+    finished, _ = budget_state(study)
+    return SweepStudy(config, storage_url, study, tracker, parent_id), SetupReport(finished, closed, added, requeued)
+
+
+def _ensure_parent_run(study: optuna.Study, tracker: Tracker, config: RunConfig, storage_url: str) -> str:
+    parent_id = study.user_attrs.get(names.PARENT_RUN_ID)
+    if tracker.run_exists(parent_id):
+        tracker.reopen(parent_id)
+        return parent_id
+    s = config.study
+    parent_id = tracker.start_parent(s.name, {"study": s.name, "sampler": s.sampler, "pruner": s.pruner,
+                                              "metric": s.metric, "direction": s.direction,
+                                              "storage": redact_url(storage_url), "dataset": config.data.dataset,
+                                              "model": config.model.arch})
+    study.set_user_attr(names.PARENT_RUN_ID, parent_id)
+    tracker.log_text(parent_id, dump_config(config), names.CONFIG_ARTIFACT)
+    return parent_id
+
+
+def join_study(config: RunConfig, storage_url: str, storage, sampler, pruner, tracker: Tracker) -> SweepStudy:
+    """A worker's view of a study that `setup_study` has set up."""
+    study = open_study(config, storage, sampler, pruner)
+    parent_id = study.user_attrs.get(names.PARENT_RUN_ID)
+    if parent_id is None:
+        raise RuntimeError(f"study {config.study.name!r} has no MLflow parent run yet: start the launcher "
+                           f"(python -m alexnet_exp.sweep without --worker), which sets it up")
+    return SweepStudy(config, storage_url, study, tracker, parent_id)
+
+
+def _best_value(study: optuna.Study) -> Optional[float]:
+    try:
+        return study.best_value
+    except ValueError:  # no complete trial yet
+        return None
+
+
+def run_worker(run: SweepStudy, cache: DataCache, run_tags: dict[str, Any], quiet: bool) -> str:
+    """Run trials in this process until the budget is met. Returns why it stopped: `budget`, `timeout`,
+    `errors` or `interrupted` (Ctrl-C, SIGTERM, or the launcher gone)."""
+    s, study = run.config.study, run.study
+    finished, _ = budget_state(study)
+    progress = SweepProgress(s.n_trials, min(finished, s.n_trials), run.config.train.epochs, s.metric, quiet,
+                             prefix=worker_label())
+    progress.best = _best_value(study)
+    checkpoints = names.checkpoints_dir(s.name) if s.checkpoint else None
+    ctx = TrialContext(run.config, run.tracker, run.parent_id, cache, names.weights_dir(s.name), progress,
+                       run_tags, checkpoints)
+
+    def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        value = trial.value if trial.state == TrialState.COMPLETE else None
+        note = trial.user_attrs.get(names.FAIL_REASON, "")
+        if trial.state == TrialState.PRUNED:
+            note = f"pruned at epoch {trial.user_attrs.get(names.PRUNED_AT_EPOCH, '?')}"
+        progress.trial_finished(trial.number, trial.state.name, value, note, _best_value(study), is_verdict(trial))
+
+    try:
+        why = run_trials(study, lambda trial: run_trial(trial, ctx, s.n_trials), s.n_trials, s.timeout,
+                         after_trial, max_errors=max(3, s.n_trials))
+        if why == "errors":
+            print(f"{worker_label()}stopping: {max(3, s.n_trials)} trials of this run raised errors (see their "
+                  f"MLflow runs' {names.ERROR_ARTIFACT}); fix the cause and run the same command again",
+                  file=sys.stderr)
+        return why
+    except KeyboardInterrupt:
+        print(f"\n{worker_label()}interrupted: the running trial is marked failed; run the same command to "
+              f"resume it", file=sys.stderr)
+        return "interrupted"
+    finally:
+        progress.close()
+
+
+def trial_counts(study: optuna.Study) -> dict[str, int]:
+    counts = {state.name.lower(): 0 for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    for t in study.get_trials(deepcopy=False):
+        if t.state.name.lower() in counts:
+            counts[t.state.name.lower()] += 1
+    return counts
+
+
+def close_parent(run: SweepStudy, status: str) -> bool:
+    """Log the trial counts on the parent run and close it with `status`, unless trials are still running in
+    other processes (the last process out closes it). Returns whether it was closed."""
+    study = run.study
+    if study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        return False
+    run.tracker.log_metrics(run.parent_id, {f"trials_{k}": v for k, v in trial_counts(study).items()}, step=0)
+    run.tracker.finish(run.parent_id, status)
+    return True
+
+
+def finish_study(run: SweepStudy, cache: DataCache, status: str = "FINISHED") -> Optional[dict]:
+    """Once the budget is spent: evaluate the best trial on the test split (once per best trial, whichever
+    process gets here first), then close the parent run. Returns the best trial's summary, or None."""
+    with study_lock(run.storage_url, run.name):
+        summary = evaluate_best_once(run, cache, names.weights_dir(run.name))
+        close_parent(run, status)
+    return summary
+
+
+def evaluate_best_once(run: SweepStudy, cache: DataCache, weights_dir: Path) -> Optional[dict]:
+    """Evaluate the best trial once on the held-out test split; log it on its run and the parent run.
+    Call under the study lock: the study attribute is what makes it once."""
+    study, config, tracker = run.study, run.config, run.tracker
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return None
+    best = study.best_trial
+    summary = {"trial": best.number, "value": best.value, "params": json.loads(best.user_attrs[names.VALUES])}
+    if study.user_attrs.get(names.TEST_EVALUATED_TRIAL) == best.number:
+        summary.update(study.user_attrs.get(names.TEST_METRICS, {}))
+        return summary
+    weights = names.weights_path(weights_dir, best.number)
+    if not weights.is_file():
+        print(f"note: no saved weights for best trial {best.number} here (expected {weights}); the process that "
+              f"trained it evaluates it on the test split when it finishes", file=sys.stderr)
+        return summary
+    model, result = evaluate_on_test(config.with_values(summary["params"]), cache, weights)
+    metrics = {"test_accuracy": result.accuracy, "test_macro_f1": result.macro_f1, "test_loss": result.loss}
+    run_id = best.user_attrs.get(names.MLFLOW_RUN_ID)
+    if run_id:
+        tracker.log_metrics(run_id, metrics, step=best.user_attrs.get(names.EPOCHS_RUN, 0))
+        try:
+            tracker.log_model(run_id, model)
+        except Exception as exc:  # the test metrics are logged already; the model file is a convenience
+            print(f"warning: could not log the best model to MLflow: {type(exc).__name__}: {exc}", file=sys.stderr)
+    tracker.log_metrics(run.parent_id, {**metrics, f"best_{config.study.metric}": best.value}, step=0)
+    tracker.set_tags(run.parent_id, {"best_trial": best.number, "best_run_id": run_id or ""})
+    study.set_user_attr(names.TEST_EVALUATED_TRIAL, best.number)
+    study.set_user_attr(names.TEST_METRICS, metrics)
+    for stale in weights_dir.glob("trial_*.pt"):  # only the best trial's weights are kept
+        if stale != weights:
+            stale.unlink(missing_ok=True)
+    summary.update(metrics)
+    return summary

@@ -1,0 +1,149 @@
+"""Samplers and pruners by name, and the rule that makes many processes sample as one sampler would.
+
+Randomness is a function of (study seed, trial number), never of the process: every trial's sampler is seeded
+with `trial_seed(seed, trial.number)`. Trial numbers are unique in a study, so workers and launchers that start
+at the same instant draw different configurations (seeded alike, they drew identical streams), while one worker
+run twice on the same YAML and seed gives the same trials, and a resumed study continues the stream instead of
+replaying it. Samplers whose state is the study's (grid ids, the QMC sequence) share the study seed instead.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable, Optional
+
+import numpy as np
+import optuna
+from optuna.samplers import BaseSampler, GridSampler, QMCSampler
+
+from .config import CategoricalParam, ConfigError, FloatParam, IntParam, SpaceParam
+
+# TPE's constant liar (our default, for parallel workers) is marked experimental.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def trial_seed(seed: int, number: int) -> int:
+    """A 32-bit seed for one trial, independent for neighbouring trial numbers and stable across machines."""
+    return int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
+
+
+class TrialSeededSampler(BaseSampler):
+    """Delegates to `build(trial_seed(seed, trial.number))`, a fresh inner sampler per trial. The samplers
+    built this way keep no state of their own between trials besides their random generator."""
+
+    def __init__(self, build: Callable[[int], BaseSampler], seed: int):
+        self._build, self._seed = build, seed
+        self._inner = build(seed)
+
+    def before_trial(self, study, trial) -> None:
+        self._inner = self._build(trial_seed(self._seed, trial.number))
+        self._inner.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study, trial):
+        return self._inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self._inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self._inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        pass  # the seed is the trial's; Optuna calls this only for n_jobs > 1, which the sweep never uses
+
+    def __repr__(self) -> str:
+        return f"TrialSeededSampler({self._inner!r}, seed={self._seed})"
+
+
+class _TrialIndexedQMC(QMCSampler):
+    """Trial k takes point k of the sequence. Optuna's QMCSampler counts points in a study attribute that it
+    reads and then writes back, so workers asking at the same moment got the same point."""
+
+    _number = 0
+
+    def sample_relative(self, study, trial, search_space):
+        self._number = trial.number
+        return super().sample_relative(study, trial, search_space)
+
+    def _find_sample_id(self, study, search_space) -> int:  # noqa: ARG002 - Optuna's signature
+        return self._number
+
+
+class _TrialSeededGrid(GridSampler):
+    """The grid's order (its shuffle) is the study seed's, shared by every process, so that trial k takes grid
+    point k; only the pick among unvisited points, once trial numbers pass the grid's size (baselines and
+    failures take numbers too), is seeded by the trial."""
+
+    def __init__(self, search_space: dict[str, list], seed: int):
+        super().__init__(search_space, seed=seed)
+        self._study_seed = seed
+
+    def before_trial(self, study, trial) -> None:
+        from optuna.samplers._lazy_random_state import LazyRandomState  # what GridSampler's own _rng is
+
+        self._rng = LazyRandomState(trial_seed(self._study_seed, trial.number))
+        super().before_trial(study, trial)
+
+
+def grid_points(space: dict[str, SpaceParam]) -> dict[str, list]:
+    grid = {}
+    for path, param in space.items():
+        if isinstance(param, CategoricalParam):
+            grid[path] = list(param.choices)
+        elif isinstance(param, IntParam) and not param.log:
+            grid[path] = list(range(param.low, param.high + 1, param.step))
+        elif isinstance(param, FloatParam) and param.step is not None:
+            n = int(round((param.high - param.low) / param.step))
+            grid[path] = [param.low + i * param.step for i in range(n + 1)]
+        else:
+            raise ConfigError("study.sampler", [f"space.{path}: the grid sampler needs categorical choices, "
+                                                f"an int range or a float with step"])
+    return grid
+
+
+def make_sampler(name: str, options: dict[str, Any], seed: Optional[int],
+                 space: dict[str, SpaceParam]) -> BaseSampler:
+    """The named Optuna sampler, seeded per trial (see the module's docstring). `seed: None` draws a random
+    study seed in each process: trials then differ from run to run and still from worker to worker."""
+    samplers = optuna.samplers
+    study_seed = seed if seed is not None else int(np.random.SeedSequence().generate_state(1)[0])
+    shared_seed = seed if seed is not None else 0  # grid and QMC: every process must use the same one
+    per_trial = {
+        # constant_liar: a running trial counts as a poor result, so parallel workers spread out.
+        "tpe": lambda s: samplers.TPESampler(seed=s, **{"constant_liar": True, **options}),
+        "random": lambda s: samplers.RandomSampler(seed=s, **options),
+        "gp": lambda s: samplers.GPSampler(seed=s, **options),
+        "cmaes": lambda s: samplers.CmaEsSampler(seed=s, **options),
+        "qmc": lambda s: _TrialIndexedQMC(seed=shared_seed, independent_sampler=samplers.RandomSampler(seed=s),
+                                          **options),
+    }
+    if name not in per_trial and name != "grid":
+        raise ConfigError("study.sampler", [f"study.sampler: {name!r}; valid: {', '.join([*per_trial, 'grid'])}"])
+    try:
+        if name == "grid":
+            return _TrialSeededGrid(grid_points(space), seed=shared_seed, **options)
+        return TrialSeededSampler(per_trial[name], study_seed)
+    except (TypeError, ValueError, ImportError) as exc:
+        raise ConfigError("study.sampler_options", [f"study.sampler_options for {name}: {exc}"]) from None
+
+
+def make_pruner(name: str, options: dict[str, Any], epochs: int) -> optuna.pruners.BasePruner:
+    pruners = optuna.pruners
+    # Defaults that suit epoch-level reports (steps are 1-based epochs): never judge the noisy first epoch,
+    # and only once 3 trials have finished.
+    factories = {
+        "median": lambda: pruners.MedianPruner(**{"n_startup_trials": 3, "n_warmup_steps": 2, **options}),
+        "percentile": lambda: pruners.PercentilePruner(
+            **{"percentile": 25.0, "n_startup_trials": 3, "n_warmup_steps": 2, **options}),
+        "successive_halving": lambda: pruners.SuccessiveHalvingPruner(**options),
+        "hyperband": lambda: pruners.HyperbandPruner(**{"min_resource": 1, "max_resource": epochs, **options}),
+        "none": lambda: pruners.NopPruner(),
+    }
+    if name not in factories:
+        raise ConfigError("study.pruner", [f"study.pruner: {name!r}; valid: {', '.join(factories)}"])
+    try:
+        return factories[name]()
+    except (TypeError, ValueError) as exc:
+        raise ConfigError("study.pruner_options", [f"study.pruner_options for {name}: {exc}"]) from None
