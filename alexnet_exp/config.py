@@ -169,6 +169,9 @@ class StudyConfig(_Section):
     experiment: Optional[str] = None  # MLflow experiment name; default the study name
     heartbeat_seconds: int = Field(20, ge=1, le=3600)  # a trial silent for 3x this long is failed and retried
     checkpoint: bool = True  # save each trial's state every epoch, so a retried trial resumes where it died
+    # Where checkpoints and the best weights are kept: `local` (sweeps/<name>/), `mlflow` (also as artifacts of
+    # the trial's run, which every machine can read), `auto` (mlflow when MLflow is a tracking server).
+    state_store: Literal["auto", "local", "mlflow"] = "auto"
 
 
 class RunConfig(_Section):

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .architecture import ARCH_INPUT_SIZE, ARCHS, ConvSpec, scaled_channels, spatial_size
+from .architecture import ARCH_INPUT_SIZE, ARCHS, scaled_channels, spatial_size
 
 
 

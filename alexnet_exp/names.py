@@ -56,6 +56,7 @@ CONFIG_ARTIFACT = "config.yaml"
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
 EXIT_ERRORS = 3  # stopped because trials kept raising errors (see their runs' error.txt)
+EXIT_INCOMPLETE = 4  # --finalize: the budget is not met yet; nothing evaluated on the test split
 EXIT_INTERRUPTED = 130
 
 # ---- local state --------------------------------------------------------------------------------------------

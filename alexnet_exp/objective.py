@@ -29,6 +29,7 @@ from .progress import SweepProgress, worker_label
 from .retries import retry_transient
 from .space import suggest
 from .tracking import Tracker
+from .trial_state import TrialStateStore
 from .train import EpochMetrics, evaluate
 
 
@@ -49,10 +50,9 @@ class TrialContext:
     tracker: Tracker
     parent_run_id: str
     cache: DataCache
-    weights_dir: Path
     progress: SweepProgress
+    state: TrialStateStore  # where checkpoints and the best weights go (locally, and shared)
     run_tags: dict[str, Any] = field(default_factory=dict)  # study, sampler, device, git commit
-    checkpoint_dir: Optional[Path] = None  # None: no per-epoch checkpoints
 
     @property
     def metric(self) -> str:
@@ -61,19 +61,6 @@ class TrialContext:
 
 def data_digest(config: RunConfig) -> str:
     return hashlib.sha256(json.dumps(config.data.model_dump(), sort_keys=True).encode()).hexdigest()[:12]
-
-
-def save_atomically(obj: Any, path: Path) -> None:
-    """torch.save to a temp file beside `path`, then rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _best_value(study: optuna.Study) -> Optional[float]:
@@ -124,17 +111,6 @@ def _log_epoch(ctx: TrialContext, run_id: str, m: EpochMetrics) -> None:
 
 def _warn(what: str, exc: BaseException) -> None:
     print(f"{worker_label()}warning: {what}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-
-
-def _remove(path: Optional[Path]) -> None:
-    """Best effort: a checkpoint that cannot be removed (a read-only folder) is left behind, not an error
-    that would hide how the trial ended."""
-    if path is None:
-        return
-    try:
-        path.unlink(missing_ok=True)
-    except OSError as exc:
-        _warn(f"could not remove the checkpoint {path}", exc)
 
 
 def _finish_run(ctx: TrialContext, run_id: Optional[str], status: str, tags: dict[str, Any]) -> None:
@@ -196,13 +172,20 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext, n_trials: int) -> float:
         trial.set_user_attr(names.WORKER_PID, os.getpid())
         trial.set_user_attr(names.WORKER_HOST, socket.gethostname())
         ctx.tracker.log_text(run_id, dump_config(config), names.CONFIG_ARTIFACT)
-        checkpoint = ctx.checkpoint_dir / f"trial_{root if root is not None else trial.number:05d}.pt" \
-            if ctx.checkpoint_dir is not None else None
-        return _train_and_record(trial, ctx, config, run_id, checkpoint, resume_allowed=previous is not None)
+        checkpoint = ctx.state.checkpoint_path(root if root is not None else trial.number)
+        earlier_runs = _earlier_runs(trial) if previous is not None else None
+        return _train_and_record(trial, ctx, config, run_id, checkpoint, earlier_runs)
     except (KeyboardInterrupt, optuna.TrialPruned, TrialFailed):
         raise  # recorded already
     except Exception as exc:  # anything else, the trial's own clean-up included: an error of this trial only
         return _fail(trial, ctx, run_id, names.ERROR, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+
+
+def _earlier_runs(trial: optuna.Trial) -> list[str]:
+    """The MLflow runs of the trials this one retries, newest first: where their checkpoints are."""
+    frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+    runs = [_run_of(trial.study, n) for n in reversed(frozen.system_attrs.get("retry_history") or [])]
+    return [r for r in runs if r]
 
 
 def _run_of(study: optuna.Study, number: int) -> Optional[str]:
@@ -211,10 +194,10 @@ def _run_of(study: optuna.Study, number: int) -> Optional[str]:
 
 
 def _train_and_record(trial: optuna.Trial, ctx: TrialContext, config: RunConfig, run_id: str,
-                      checkpoint: Optional[Path], resume_allowed: bool) -> float:
-    resume = None
-    if resume_allowed and checkpoint is not None and checkpoint.is_file():
-        resume = torch.load(checkpoint, map_location="cpu", weights_only=True)
+                      checkpoint: Optional[Path], earlier_runs: Optional[list[str]]) -> float:
+    """`earlier_runs`: for a retry, the runs of the trials it retries (None for a fresh trial)."""
+    resume = ctx.state.load_checkpoint(checkpoint, earlier_runs) if earlier_runs is not None else None
+    if resume is not None:
         trial.set_user_attr(names.RESUMED_FROM_EPOCH, resume["epoch"])
         for m in resume["history"]:  # the epochs already trained, so this run's curves are whole
             _log_epoch(ctx, run_id, EpochMetrics(**m))
@@ -240,7 +223,7 @@ def _train_and_record(trial: optuna.Trial, ctx: TrialContext, config: RunConfig,
             raise optuna.TrialPruned(f"pruned at epoch {m.epoch}")
 
     def on_checkpoint(state: dict) -> None:
-        save_atomically(state, checkpoint)
+        ctx.state.save_checkpoint(state, checkpoint, run_id)
 
     model = None
     try:
@@ -259,19 +242,19 @@ def _train_and_record(trial: optuna.Trial, ctx: TrialContext, config: RunConfig,
                                             names.FAIL_REASON: reason})
         raise
     except optuna.TrialPruned:
-        _remove(checkpoint)
+        ctx.state.discard_checkpoint(checkpoint, [run_id, *(earlier_runs or [])])
         epoch = trial.user_attrs.get(names.EPOCHS_RUN, 0)
         trial.set_user_attr(names.PRUNED_AT_EPOCH, epoch)
         _finish_run(ctx, run_id, "KILLED", {names.STATE_TAG: "PRUNED", names.PRUNED_AT_EPOCH: epoch})
         raise
     except Exception as exc:  # any other error ends this trial only; its traceback goes to its run
-        del model
+        model = None  # let the memory go before the next trial
         _release_memory()
-        _remove(checkpoint)
+        ctx.state.discard_checkpoint(checkpoint, [run_id, *(earlier_runs or [])])
         if isinstance(exc, torch.cuda.OutOfMemoryError) or "can't allocate memory" in str(exc):
             return _fail(trial, ctx, run_id, names.OUT_OF_MEMORY, str(exc).splitlines()[0])
         return _fail(trial, ctx, run_id, names.ERROR, f"{type(exc).__name__}: {exc}", traceback.format_exc())
-    _remove(checkpoint)
+    ctx.state.discard_checkpoint(checkpoint, [run_id, *(earlier_runs or [])])
     if result.status != "completed":
         for m in result.history:  # the epochs fit ended on (a diverged loss) never reached on_epoch
             if m.epoch > logged_epochs:
@@ -286,8 +269,7 @@ def _train_and_record(trial: optuna.Trial, ctx: TrialContext, config: RunConfig,
     _log_evaluation(ctx, run_id, final, data.class_names)
     study = trial.study
     if _is_better(study, value, _best_value(study)):
-        save_atomically({k: v.detach().cpu() for k, v in model.state_dict().items()},
-                        names.weights_path(ctx.weights_dir, trial.number))
+        ctx.state.save_weights({k: v.detach().cpu() for k, v in model.state_dict().items()}, trial.number, run_id)
     _finish_run(ctx, run_id, "FINISHED", {names.STATE_TAG: "COMPLETE"})
     return value
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Optional
 
 import optuna
@@ -29,6 +29,7 @@ from .progress import SweepProgress, worker_label
 from .redaction import redact_url
 from .study_store import enqueue_baselines, open_study, requeue_interrupted
 from .tracking import Tracker
+from .trial_state import TrialStateStore
 from .workers import run_trials
 
 
@@ -85,14 +86,29 @@ def _ensure_parent_run(study: optuna.Study, tracker: Tracker, config: RunConfig,
     return parent_id
 
 
-def join_study(config: RunConfig, storage_url: str, storage, sampler, pruner, tracker: Tracker) -> SweepStudy:
-    """A worker's view of a study that `setup_study` has set up."""
-    study = open_study(config, storage, sampler, pruner)
-    parent_id = study.user_attrs.get(names.PARENT_RUN_ID)
-    if parent_id is None:
-        raise RuntimeError(f"study {config.study.name!r} has no MLflow parent run yet: start the launcher "
-                           f"(python -m alexnet_exp.sweep without --worker), which sets it up")
-    return SweepStudy(config, storage_url, study, tracker, parent_id)
+def join_study(config: RunConfig, storage_url: str, storage, sampler, pruner, tracker: Tracker,
+               wait_seconds: float = 0.0, poll_seconds: float = 2.0) -> SweepStudy:
+    """A worker's (or the finish step's) view of a study that `setup_study` has set up, waiting up to
+    `wait_seconds` for it: a scheduler starts its tasks in any order, an array's tasks all at once."""
+    name = config.study.name
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        study = None
+        try:
+            study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+        except KeyError:  # not created yet
+            pass
+        # METRIC is written last of the study's description, PARENT_RUN_ID once the parent run exists
+        if study is not None and {names.METRIC, names.PARENT_RUN_ID} <= set(study.user_attrs):
+            break
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"study {name!r} is not set up in {redact_url(storage_url)}"
+                               f"{f' after waiting {wait_seconds:.0f} s' if wait_seconds else ''}: run the set-up "
+                               f"step first (python -m alexnet_exp.sweep CONFIG --init-only, or a plain launcher), "
+                               f"check --storage / study.storage, or wait longer (--wait SECONDS)")
+        time.sleep(poll_seconds)
+    study = open_study(config, storage, sampler, pruner)  # refuses a study made for another setup
+    return SweepStudy(config, storage_url, study, tracker, study.user_attrs[names.PARENT_RUN_ID])
 
 
 def _best_value(study: optuna.Study) -> Optional[float]:
@@ -110,9 +126,7 @@ def run_worker(run: SweepStudy, cache: DataCache, run_tags: dict[str, Any], quie
     progress = SweepProgress(s.n_trials, min(finished, s.n_trials), run.config.train.epochs, s.metric, quiet,
                              prefix=worker_label())
     progress.best = _best_value(study)
-    checkpoints = names.checkpoints_dir(s.name) if s.checkpoint else None
-    ctx = TrialContext(run.config, run.tracker, run.parent_id, cache, names.weights_dir(s.name), progress,
-                       run_tags, checkpoints)
+    ctx = TrialContext(run.config, run.tracker, run.parent_id, cache, progress, state_store(run), run_tags)
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         value = trial.value if trial.state == TrialState.COMPLETE else None
@@ -135,6 +149,14 @@ def run_worker(run: SweepStudy, cache: DataCache, run_tags: dict[str, Any], quie
         return "interrupted"
     finally:
         progress.close()
+
+
+def state_store(run: SweepStudy) -> TrialStateStore:
+    """Checkpoints and weights in sweeps/<study>/, and with a shared store also in the runs' artifacts."""
+    s = run.config.study
+    shared = s.state_store == "mlflow" or (s.state_store == "auto" and run.tracker.is_server)
+    return TrialStateStore(names.checkpoints_dir(s.name) if s.checkpoint else None, names.weights_dir(s.name),
+                           run.tracker if shared else None)
 
 
 def trial_counts(study: optuna.Study) -> dict[str, int]:
@@ -160,12 +182,12 @@ def finish_study(run: SweepStudy, cache: DataCache, status: str = "FINISHED") ->
     """Once the budget is spent: evaluate the best trial on the test split (once per best trial, whichever
     process gets here first), then close the parent run. Returns the best trial's summary, or None."""
     with study_lock(run.storage_url, run.name):
-        summary = evaluate_best_once(run, cache, names.weights_dir(run.name))
+        summary = evaluate_best_once(run, cache, state_store(run))
         close_parent(run, status)
     return summary
 
 
-def evaluate_best_once(run: SweepStudy, cache: DataCache, weights_dir: Path) -> Optional[dict]:
+def evaluate_best_once(run: SweepStudy, cache: DataCache, state: TrialStateStore) -> Optional[dict]:
     """Evaluate the best trial once on the held-out test split; log it on its run and the parent run.
     Call under the study lock: the study attribute is what makes it once."""
     study, config, tracker = run.study, run.config, run.tracker
@@ -176,14 +198,15 @@ def evaluate_best_once(run: SweepStudy, cache: DataCache, weights_dir: Path) -> 
     if study.user_attrs.get(names.TEST_EVALUATED_TRIAL) == best.number:
         summary.update(study.user_attrs.get(names.TEST_METRICS, {}))
         return summary
-    weights = names.weights_path(weights_dir, best.number)
-    if not weights.is_file():
-        print(f"note: no saved weights for best trial {best.number} here (expected {weights}); the process that "
-              f"trained it evaluates it on the test split when it finishes", file=sys.stderr)
+    run_id = best.user_attrs.get(names.MLFLOW_RUN_ID)
+    weights = state.fetch_weights(best.number, run_id)
+    if weights is None:
+        where = "here or in its MLflow run" if state.shared is not None else "here (study.state_store: local)"
+        print(f"note: no saved weights for best trial {best.number} {where}; the process that trained it "
+              f"evaluates it on the test split when it finishes", file=sys.stderr)
         return summary
     model, result = evaluate_on_test(config.with_values(summary["params"]), cache, weights)
     metrics = {"test_accuracy": result.accuracy, "test_macro_f1": result.macro_f1, "test_loss": result.loss}
-    run_id = best.user_attrs.get(names.MLFLOW_RUN_ID)
     if run_id:
         tracker.log_metrics(run_id, metrics, step=best.user_attrs.get(names.EPOCHS_RUN, 0))
         try:
@@ -194,7 +217,7 @@ def evaluate_best_once(run: SweepStudy, cache: DataCache, weights_dir: Path) -> 
     tracker.set_tags(run.parent_id, {"best_trial": best.number, "best_run_id": run_id or ""})
     study.set_user_attr(names.TEST_EVALUATED_TRIAL, best.number)
     study.set_user_attr(names.TEST_METRICS, metrics)
-    for stale in weights_dir.glob("trial_*.pt"):  # only the best trial's weights are kept
+    for stale in state.weights_dir.glob("trial_*.pt"):  # only the best trial's weights are kept
         if stale != weights:
             stale.unlink(missing_ok=True)
     summary.update(metrics)

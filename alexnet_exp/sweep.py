@@ -100,7 +100,18 @@ def build_parser() -> argparse.ArgumentParser:
                                                "GPUs x --trials-per-gpu)")
     p.add_argument("--gpus", help="GPU ids for the workers, round-robin, e.g. 0,1 (default: all visible)")
     p.add_argument("--trials-per-gpu", type=int, help="workers per GPU, for small trials that leave a GPU idle")
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # set by the launcher
+    roles = p.add_argument_group("scheduler steps (Slurm, Kubernetes): each may run any number of times, in any "
+                                 "order, all at once")
+    step = roles.add_mutually_exclusive_group()
+    step.add_argument("--init-only", action="store_true", help="set up the study, its MLflow experiment and parent "
+                                                              "run and enqueue the baselines, then exit")
+    step.add_argument("--join", action="store_true", help="run trials as one worker of the study (waiting for its "
+                                                         "set-up up to --wait seconds) until the budget is met")
+    step.add_argument("--finalize", action="store_true", help="once the budget is met, evaluate the best trial on the "
+                                                             "held-out test split (once) and close the parent run")
+    step.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # set by the launcher
+    roles.add_argument("--wait", type=float, default=600.0, metavar="SEC",
+                       help="--join/--finalize: seconds to wait for the study's set-up (default 600)")
     return p
 
 
@@ -152,7 +163,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.dry_run:
             dry_run(config, sampler, args.dry_run_trials)
             return names.EXIT_OK
-        gpus = gpu_list(args.gpus) if not args.worker else []
+        if args.dry_run and (args.init_only or args.join or args.finalize or args.worker):
+            raise ConfigError("--dry-run", ["--dry-run trains nothing and writes nothing: use it without "
+                                            "--init-only, --join or --finalize"])
+        joining = args.worker or args.join
+        if args.join and (args.workers or args.trials_per_gpu):
+            raise ConfigError("--join", ["--join runs one worker in this process: start as many as you want workers "
+                                         "(a job array, a Job's parallelism) instead of --workers/--trials-per-gpu"])
+        gpus = gpu_list(args.gpus) if not joining else []
         if args.workers is not None and args.workers < 1:
             raise ConfigError("--workers", [f"--workers: must be at least 1 (got {args.workers})"])
         if args.trials_per_gpu is not None and args.trials_per_gpu < 1:
@@ -160,7 +178,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         n_workers = args.workers or ((len(gpus) or 1) * args.trials_per_gpu if args.trials_per_gpu else 1)
         device = resolve_device(config.train.device)
         cache = DataCache(device)  # each dataset loaded once in this process, for the trials and the test split
-        if not args.worker:
+        if not (args.worker or args.finalize):
             cache.get(config.data)  # a missing dataset is one clear error before any state is written
         storage_url = s.storage or default_storage(s.name)
         storage = open_storage(storage_url, s.heartbeat_seconds)
@@ -169,6 +187,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         run_tags = {"study": s.name, "sampler": s.sampler, "device": str(device), "git_commit": git_commit()}
         if args.worker:  # the launcher has set everything up; just run trials
             run = join_study(config, storage_url, storage, sampler, pruner, tracker)
+        elif args.join or args.finalize:
+            run = join_study(config, storage_url, storage, sampler, pruner, tracker, wait_seconds=args.wait)
         else:
             environment = {"command": redact_text("python -m alexnet_exp.sweep " + " ".join(argv)),
                            "device": str(device), "workers": n_workers, "git_commit": run_tags["git_commit"],
@@ -182,6 +202,13 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     if args.worker:
         return _work(run, cache, run_tags)
+    if args.join:
+        return _exit_code(run_worker(run, cache, run_tags, args.quiet))
+    if args.finalize:
+        return _finalize(run, cache)
+    if args.init_only:
+        _print_setup(run, report, device, n_workers=0)
+        return names.EXIT_OK
     return _launch(run, report, cache, run_tags, argv, n_workers, gpus, device, args.quiet)
 
 
@@ -200,14 +227,7 @@ def _work(run: SweepStudy, cache: DataCache, run_tags: dict) -> int:
 def _launch(run: SweepStudy, report, cache: DataCache, run_tags: dict, argv: list[str], n_workers: int,
             gpus: list[str], device, quiet: bool) -> int:
     s, tracker = run.config.study, run.tracker
-    print(f"study {s.name}: {report.finished}/{s.n_trials} trials finished{', resuming' if report.finished else ''}; "
-          f"storage {redact_url(run.storage_url)}; device {device}; {n_workers} worker(s)")
-    for count, what in ((report.closed_runs, "stale MLflow run(s) left RUNNING by an ended process closed as failed"),
-                        (report.baselines, "baseline(s) enqueued"),
-                        (report.requeued, "interrupted trial(s) queued to resume")):
-        if count:
-            print(f"{count} {what}")
-    print(f"MLflow: {tracker.shown_uri} -> {tracker.ui_link()} (run `mlflow ui` in this folder)")
+    _print_setup(run, report, device, n_workers)
 
     started = time.monotonic()
     why = "budget"
@@ -228,21 +248,54 @@ def _launch(run: SweepStudy, report, cache: DataCache, run_tags: dict, argv: lis
         close_parent(run, "KILLED")
     else:
         summary = finish_study(run, cache, "FINISHED" if why != "errors" else "FAILED")
-    counts = trial_counts(run.study)
-    print(f"\nstudy {s.name}: {', '.join(f'{v} {k}' for k, v in counts.items())} "
-          f"in {time.monotonic() - started:.0f} s")
-    if summary:
-        test = (f"; held-out test accuracy {summary['test_accuracy']:.4f}, macro-F1 {summary['test_macro_f1']:.4f}"
-                if "test_accuracy" in summary else "")
-        print(f"best trial {summary['trial']}: {s.metric} {summary['value']:.4f}{test}")
-        print(f"  {json.dumps(summary['params'])}")
-    elif why != "interrupted":
-        print("no trial completed: nothing to evaluate on the test split")
+    _print_end(run, summary, f" in {time.monotonic() - started:.0f} s", why != "interrupted")
     if why == "errors":
         print(f"stopped because trials kept raising errors (exit code {names.EXIT_ERRORS}): see their MLflow "
               f"runs' {names.ERROR_ARTIFACT}, fix the cause, and run the same command to go on", file=sys.stderr)
     print(f"MLflow runs: {tracker.ui_link()}")
     return _exit_code(why)
+
+
+def _print_setup(run: SweepStudy, report, device, n_workers: int) -> None:
+    s, tracker = run.config.study, run.tracker
+    print(f"study {s.name}: {report.finished}/{s.n_trials} trials finished{', resuming' if report.finished else ''}; "
+          f"storage {redact_url(run.storage_url)}; device {device}"
+          f"{f'; {n_workers} worker(s)' if n_workers else '; set up, no trial started (--init-only)'}")
+    for count, what in ((report.closed_runs, "stale MLflow run(s) left RUNNING by an ended process closed as failed"),
+                        (report.baselines, "baseline(s) enqueued"),
+                        (report.requeued, "interrupted trial(s) queued to resume")):
+        if count:
+            print(f"{count} {what}")
+    print(f"MLflow: {tracker.shown_uri} -> {tracker.ui_link()} (run `mlflow ui` in this folder)")
+
+
+def _print_end(run: SweepStudy, summary: Optional[dict], took: str, say_missing: bool) -> None:
+    s = run.config.study
+    counts = trial_counts(run.study)
+    print(f"\nstudy {s.name}: {', '.join(f'{v} {k}' for k, v in counts.items())}{took}")
+    if summary:
+        test = (f"; held-out test accuracy {summary['test_accuracy']:.4f}, macro-F1 {summary['test_macro_f1']:.4f}"
+                if "test_accuracy" in summary else "")
+        print(f"best trial {summary['trial']}: {s.metric} {summary['value']:.4f}{test}")
+        print(f"  {json.dumps(summary['params'])}")
+    elif say_missing:
+        print("no trial completed: nothing to evaluate on the test split")
+
+
+def _finalize(run: SweepStudy, cache: DataCache) -> int:
+    """The scheduler's last step: the test evaluation once the budget is met, and the parent run closed."""
+    s = run.config.study
+    finished, running = budget_state(run.study)
+    if finished < s.n_trials:
+        closed = close_parent(run, "KILLED")
+        print(f"study {s.name}: the budget is not met ({finished}/{s.n_trials} trials finished, {running} running): "
+              f"the test split stays untouched; parent run {'closed as KILLED' if closed else 'left RUNNING'}. "
+              f"Start workers again (--join) to go on, then --finalize.", file=sys.stderr)
+        return names.EXIT_INCOMPLETE
+    summary = finish_study(run, cache)
+    _print_end(run, summary, "", True)
+    print(f"MLflow runs: {run.tracker.ui_link()}")
+    return names.EXIT_OK
 
 
 if __name__ == "__main__":

@@ -72,6 +72,11 @@ class Tracker:
                 self.experiment_id = self._ensure_experiment(experiment_name)
 
     @property
+    def is_server(self) -> bool:
+        """A tracking server: its artifact store is shared by every machine that uses it."""
+        return self.tracking_uri.startswith(("http://", "https://"))
+
+    @property
     def shown_uri(self) -> str:
         """The tracking URI fit to print or record (no password)."""
         return redact_url(self.tracking_uri)
@@ -159,6 +164,17 @@ class Tracker:
 
     def log_file(self, run_id: str, path: str | Path, artifact_path: Optional[str] = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def download(self, run_id: str, artifact_path: str, dst_dir: Path) -> Path:
+        """One artifact of a run, copied into `dst_dir`; raises when the run has no such artifact."""
+        return Path(self.client.download_artifacts(run_id, artifact_path, str(dst_dir)))
+
+    def delete_artifacts(self, run_id: str, artifact_path: str) -> None:
+        """Remove a folder of a run's artifacts (a checkpoint no longer needed). Not every artifact store can."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        repo = get_artifact_repository(self.client.get_run(run_id).info.artifact_uri, tracking_uri=self.tracking_uri)
+        repo.delete_artifacts(artifact_path)
 
     def finish(self, run_id: str, status: str, tags: Optional[dict[str, Any]] = None) -> None:
         """status: FINISHED, FAILED or KILLED (MLflow has no 'pruned': pruned trials are KILLED + tag)."""

@@ -110,3 +110,52 @@ def test_a_storage_outage_mid_sweep_loses_nothing(servers, tmp_path):
     trials = optuna.load_study(study_name="outage", storage=storage).get_trials()
     assert sum(is_verdict(t) for t in trials) == 2
     assert not [t for t in trials if t.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)]
+
+
+def test_a_trial_lost_on_one_machine_resumes_on_another_through_the_tracking_server(servers, tmp_path):
+    """Machine A (its own folder) dies mid-trial; machine B (another folder, no local checkpoint) retries the
+    trial from A's last epoch, read from the tracking server's artifact store; machine C (a third folder, no
+    local weights) runs the finish step."""
+    from test_workers import running_trial_at_epoch_in, wait_for
+
+    storage, tracking, _, _, _ = servers
+    cfg = write_config(tmp_path / "s.yaml", data={"synthetic_train_size": 1200}, model={"width": 0.25},
+                       train={"epochs": 5}, study={"name": "machines", "n_trials": 1, "sampler": "random",
+                                                   "pruner": "none", "heartbeat_seconds": 2})
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking}
+    machines = {name: tmp_path / f"machine-{name}" for name in "abc"}
+    for folder in machines.values():
+        folder.mkdir()
+
+    def sweep(machine, *flags, **kw):
+        return subprocess.Popen([sys.executable, "-m", "alexnet_exp.sweep", str(cfg), "--quiet", "--storage",
+                                 storage, *flags], cwd=machines[machine], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, env=env, **kw)
+
+    a = sweep("a")
+    try:
+        victim = wait_for(running_trial_at_epoch_in(storage, "machines", 2), 240, "a trial at epoch 2", a)
+        a.kill()  # the machine is gone: no clean-up of any kind
+        a.wait(timeout=30)
+    finally:
+        a.kill()
+    assert list((machines["a"] / "sweeps" / "machines" / "checkpoints").glob("trial_*.pt"))
+
+    b = sweep("b", "--join", "--wait", "30")
+    out, _ = b.communicate(timeout=300)
+    assert b.returncode == 0, out[-4000:]
+    trials = optuna.load_study(study_name="machines", storage=storage).get_trials()
+    lost = next(t for t in trials if t.number == victim.number)
+    retry = next(t for t in trials if t.system_attrs.get("failed_trial") == victim.number)
+    assert lost.user_attrs["fail_kind"] == "lost"
+    assert retry.state == optuna.trial.TrialState.COMPLETE and retry.user_attrs["resumed_from_epoch"] >= 2
+    assert len(retry.intermediate_values) == 5
+    assert not (machines["b"] / "sweeps" / "machines" / "checkpoints" / f"trial_{victim.number:05d}.pt").exists()
+    client = MlflowClient(tracking)
+    for run_id in (lost.user_attrs["mlflow_run_id"], retry.user_attrs["mlflow_run_id"]):  # cleaned up when done
+        assert not client.list_artifacts(run_id, "checkpoint")
+
+    c = sweep("c", "--finalize")
+    out, _ = c.communicate(timeout=300)
+    assert c.returncode == 0 and "held-out test accuracy" in out, out[-4000:]
+    assert "test_accuracy" in client.get_run(retry.user_attrs["mlflow_run_id"]).data.metrics

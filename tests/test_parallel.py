@@ -221,3 +221,46 @@ def test_bad_input_is_refused_before_any_state(tmp_path, monkeypatch, capsys, ra
     assert run_sweep(tmp_path, cfg) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "sweeps").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_scheduler_steps_in_any_order_and_all_at_once(tmp_path):
+    """What a scheduler does: workers may start before the set-up, set-up and finish steps may run twice."""
+    cfg = write_config(tmp_path / "s.yaml", train={"epochs": 1},
+                       study={"name": "tiny", "n_trials": 4, "sampler": "tpe", "pruner": "none"})
+    early = launch(tmp_path, cfg, "--finalize", "--wait", "0")  # nothing set up yet: a clear error, no state
+    out, _ = early.communicate(timeout=120)
+    assert early.returncode == 2 and "is not set up" in out and "--init-only" in out, out
+
+    joins = [launch(tmp_path, cfg, "--join", "--wait", "120") for _ in range(2)]  # before the set-up
+    time.sleep(3)
+    inits = [launch(tmp_path, cfg, "--init-only") for _ in range(2)]
+    for p in inits:
+        out, _ = p.communicate(timeout=120)
+        assert p.returncode == 0 and "set up, no trial started" in out, out
+    for p in joins:
+        out, _ = p.communicate(timeout=300)
+        assert p.returncode == 0 and "Traceback" not in out, out
+    _, parents, _ = mlflow_runs(tmp_path)
+    assert parents[0].info.status == "RUNNING"  # until the finish step
+    finals = [launch(tmp_path, cfg, "--finalize") for _ in range(2)]
+    for p in finals:
+        out, _ = p.communicate(timeout=120)
+        assert p.returncode == 0 and "held-out test accuracy" in out, out
+    trials = study_of(tmp_path).get_trials()
+    client, parents, children = mlflow_runs(tmp_path)
+    best = assert_one_study_one_parent_one_test(tmp_path, 4, trials, children, parents)
+    assert len(client.get_metric_history(best.info.run_id, "test_accuracy")) == 1
+    assert len({t.user_attrs["worker_pid"] for t in trials}) == 2
+
+
+def test_finalize_before_the_budget_is_met_touches_no_test_split(tmp_path):
+    cfg = write_config(tmp_path / "s.yaml", train={"epochs": 1},
+                       study={"name": "tiny", "n_trials": 2, "sampler": "random", "pruner": "none"})
+    init = launch(tmp_path, cfg, "--init-only")
+    assert init.wait(timeout=120) == 0
+    final = launch(tmp_path, cfg, "--finalize")
+    out, _ = final.communicate(timeout=120)
+    assert final.returncode == 4 and "the budget is not met (0/2" in out, out
+    _, parents, children = mlflow_runs(tmp_path)
+    assert not children and "test_accuracy" not in parents[0].data.metrics
+    assert parents[0].info.status == "KILLED"
