@@ -111,6 +111,13 @@ def join_study(config: RunConfig, storage_url: str, storage, sampler, pruner, tr
     return SweepStudy(config, storage_url, study, tracker, study.user_attrs[names.PARENT_RUN_ID])
 
 
+def requeue(run: SweepStudy) -> int:
+    """Queue the study's interrupted trials to resume (once, whoever calls it first): what a worker joining a
+    study after a scancel or a preemption does, without waiting for a new set-up step."""
+    with study_lock(run.storage_url, run.name):
+        return requeue_interrupted(run.study)
+
+
 def _best_value(study: optuna.Study) -> Optional[float]:
     try:
         return study.best_value

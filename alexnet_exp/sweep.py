@@ -28,7 +28,8 @@ from .data import DataError
 from .pipeline import DataCache
 from .processes import gpu_list, python_command, supervise, watch_launcher
 from .redaction import redact_text, redact_url
-from .roles import SweepStudy, close_parent, finish_study, join_study, run_worker, setup_study, trial_counts
+from .roles import (SweepStudy, close_parent, finish_study, join_study, requeue, run_worker, setup_study,
+                    trial_counts)
 from .samplers import make_pruner, make_sampler
 from .space import ordered_params, suggest
 from .study_store import StudyMismatch, default_storage, enqueue_baselines, open_storage
@@ -203,7 +204,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.worker:
         return _work(run, cache, run_tags)
     if args.join:
-        return _exit_code(run_worker(run, cache, run_tags, args.quiet))
+        return _join(run, cache, run_tags, args.quiet)
     if args.finalize:
         return _finalize(run, cache)
     if args.init_only:
@@ -221,6 +222,21 @@ def _work(run: SweepStudy, cache: DataCache, run_tags: dict) -> int:
         if close_parent(run, "KILLED"):
             print("the launcher ended: parent run closed as KILLED; run the same command to resume",
                   file=sys.stderr)
+    return _exit_code(why)
+
+
+def _join(run: SweepStudy, cache: DataCache, run_tags: dict, quiet: bool) -> int:
+    """A worker started by a scheduler (`--join`). The parent run is open while trials may run: reopened when a
+    worker joins a study with budget left, closed as KILLED when the last worker is stopped (scancel,
+    preemption) with budget left; the finish step closes it for good."""
+    if budget_state(run.study)[0] < run.config.study.n_trials:
+        if run.tracker.run_status(run.parent_id) not in (None, "RUNNING"):
+            run.tracker.reopen(run.parent_id)
+        if requeue(run):
+            print("interrupted trial(s) queued to resume", flush=True)
+    why = run_worker(run, cache, run_tags, quiet)
+    if why == "interrupted" and close_parent(run, "KILLED"):
+        print("stopped with budget left: parent run closed as KILLED until workers join again", file=sys.stderr)
     return _exit_code(why)
 
 

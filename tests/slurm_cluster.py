@@ -163,17 +163,35 @@ class SlurmCluster:
 
     # --- teardown ----------------------------------------------------------------------------------------
     def _our_pids(self) -> list[int]:
-        """Processes started under this cluster (slurmstepd and the jobs inherit our SLURM_CONF)."""
-        marker = f"SLURM_CONF={self.conf}".encode() + b"\0"
-        pids = []
+        """Processes started by this cluster's daemons: slurmstepd and the jobs inherit our SLURM_CONF (they
+        are re-parented away from us). This process, its ancestors and its own children are left alone."""
+        marker = b"\0" + f"SLURM_CONF={self.conf}".encode() + b"\0"
+        parents, hits = {}, []
         for entry in Path("/proc").iterdir():
-            if entry.name.isdigit() and int(entry.name) != os.getpid():
-                try:
-                    if marker in (entry / "environ").read_bytes():
-                        pids.append(int(entry.name))
-                except OSError:
-                    pass
-        return pids
+            if not entry.name.isdigit():
+                continue
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                if marker in b"\0" + (entry / "environ").read_bytes():
+                    hits.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                pass
+        me = os.getpid()
+        spared, pid = {me}, me
+        while pid in parents and parents[pid] > 1:  # ancestors
+            pid = parents[pid]
+            spared.add(pid)
+
+        def descends_from_me(pid):
+            seen = set()
+            while pid > 1 and pid not in seen:
+                if pid == me:
+                    return True
+                seen.add(pid)
+                pid = parents.get(pid, 0)
+            return False
+
+        return [p for p in hits if p not in spared and not descends_from_me(p)]
 
     def stop(self, keep_logs: bool = True) -> None:
         """Cancel all jobs, stop slurmd, slurmctld and munged, kill any stray job processes, copy the logs to
@@ -295,6 +313,7 @@ def start_slurm(workdir: Path, gpus: int = 2, *, cpus: int | None = None, kill_i
         for i in range(gpus):
             (folder / "gpu" / f"nvidia{i}").symlink_to("/dev/null")
         conf = folder / "slurm.conf"
+        node_hw = f"CPUs={cpus} Sockets=1 CoresPerSocket={cpus} ThreadsPerCore=1 RealMemory={hw['RealMemory']}"
         gres_line = f" Gres=gpu:{gpus}" if gpus else ""
         dep_params = "DependencyParameters=kill_invalid_depend\n" if kill_invalid_depend else ""
         conf.write_text(f"""\
@@ -333,7 +352,7 @@ KillWait={KILL_WAIT}
 InactiveLimit=0
 SlurmdTimeout=300
 GresTypes=gpu
-NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} Sockets=1 CoresPerSocket={cpus} ThreadsPerCore=1 RealMemory={hw['RealMemory']}{gres_line} State=UNKNOWN
+NodeName={node} NodeAddr=127.0.0.1 {node_hw}{gres_line} State=UNKNOWN
 PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP
 """)
         (folder / "plugstack.conf").write_text("")  # not /etc/slurm's

@@ -264,3 +264,35 @@ def test_finalize_before_the_budget_is_met_touches_no_test_split(tmp_path):
     _, parents, children = mlflow_runs(tmp_path)
     assert not children and "test_accuracy" not in parents[0].data.metrics
     assert parents[0].info.status == "KILLED"
+
+
+def test_a_joined_worker_stopped_by_its_scheduler_leaves_nothing_running(tmp_path):
+    """scancel or preemption: SIGTERM to a `--join` worker. Its trial is interrupted, the parent run closed; a
+    later worker resumes the trial and the finish step closes the study."""
+    cfg = write_config(tmp_path / "s.yaml", **SLOW,
+                       study={"name": "tiny", "n_trials": 2, "sampler": "random", "pruner": "none"})
+    assert launch(tmp_path, cfg, "--init-only").wait(timeout=120) == 0
+    worker = launch(tmp_path, cfg, "--join")
+    try:
+        victim = wait_for(running_trial_at_epoch(tmp_path, 1), 240, "a trial at epoch 1", worker)
+        worker.send_signal(signal.SIGTERM)
+        out, _ = worker.communicate(timeout=120)
+    finally:
+        worker.kill()
+    assert worker.returncode == 130, out
+    trial = next(t for t in study_of(tmp_path).get_trials() if t.number == victim.number)
+    assert trial.user_attrs["fail_kind"] == "interrupted"
+    _, parents, children = mlflow_runs(tmp_path)
+    assert parents[0].info.status == "KILLED" and not [c for c in children if c.info.status == "RUNNING"]
+
+    again = launch(tmp_path, cfg, "--join")  # only a worker again: it queues the interrupted trial to resume
+    out, _ = again.communicate(timeout=300)
+    assert again.returncode == 0 and "interrupted trial(s) queued to resume" in out, out
+    trials = study_of(tmp_path).get_trials()
+    resumed = next(t for t in trials if t.system_attrs.get("failed_trial") == victim.number)
+    assert resumed.state == TrialState.COMPLETE and resumed.user_attrs["resumed_from_epoch"] >= 1
+    final = launch(tmp_path, cfg, "--finalize")
+    out, _ = final.communicate(timeout=120)
+    assert final.returncode == 0, out
+    _, parents, _ = mlflow_runs(tmp_path)
+    assert parents[0].info.status == "FINISHED"
