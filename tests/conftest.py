@@ -19,3 +19,24 @@ def tiny_data():
 
     return load_dataset("synthetic", synthetic_classes=10, synthetic_train_size=800, synthetic_test_size=200,
                         val_fraction=0.25)
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory):
+    """A real PostgreSQL server (databases optuna and mlflow) and an MLflow tracking server backed by it, on
+    loopback, shared by the distributed and Slurm tests: (optuna URL, tracking URL, restart_pg, port,
+    artifacts folder)."""
+    from servers import PASSWORD, start_mlflow_server, start_postgres
+
+    port, stop_pg, restart_pg = start_postgres()
+    base = f"postgresql://alex:{PASSWORD}@127.0.0.1:{port}"
+    artifacts = tmp_path_factory.mktemp("artifacts")
+    try:
+        url, mlflow_proc = start_mlflow_server(f"{base}/mlflow", artifacts)
+    except Exception:
+        stop_pg()
+        raise
+    yield f"{base}/optuna", url, restart_pg, port, artifacts
+    mlflow_proc.terminate()
+    mlflow_proc.wait(timeout=30)
+    stop_pg()

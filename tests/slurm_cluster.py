@@ -92,16 +92,17 @@ class SlurmCluster:
     def run(self, args: list[str], check: bool = True, timeout: float = 30,
             **kwargs) -> subprocess.CompletedProcess:
         """Run a Slurm client command (``["squeue", ...]``) against this cluster; text output captured."""
+        args = [str(a) for a in args]  # job ids may be ints
         kwargs.setdefault("cwd", self.workdir)
         proc = subprocess.run(args, env=self.env, capture_output=True, text=True, timeout=timeout, **kwargs)
         if check and proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(map(str, args))} failed ({proc.returncode}): "
+            raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}): "
                                f"{proc.stdout.strip()} {proc.stderr.strip()}")
         return proc
 
     def submit(self, args: list[str]) -> int:
         """``sbatch --parsable *args`` (run in ``workdir``); returns the job id (the array's id for arrays)."""
-        out = self.run(["sbatch", "--parsable", *map(str, args)]).stdout.strip()
+        out = self.run(["sbatch", "--parsable", *args]).stdout.strip()
         return int(out.split(";")[0])  # --parsable prints "id" or "id;cluster"
 
     def jobs(self) -> list[dict[str, str]]:
@@ -158,8 +159,10 @@ class SlurmCluster:
         return {k: r.get("ExitCode", "?") for k, r in sorted(self.job_records(job_ids).items())}
 
     def logs(self, chars: int = 3000) -> str:
+        """The tails of the daemons' logs (for error messages)."""
         return "\n".join(f"--- {name} (tail) ---\n{_tail(self.folder / name, chars)}"
-                         for name in ("slurmctld.log", "slurmd.log", "slurmctld.out", "slurmd.out", "munged.log"))
+                         for name in ("slurmctld.log", "slurmd.log", "slurmctld.out", "slurmd.out", "munged.log")
+                         if (self.folder / name).exists())
 
     # --- teardown ----------------------------------------------------------------------------------------
     def _our_pids(self) -> list[int]:
@@ -200,9 +203,9 @@ class SlurmCluster:
             return
         self._stopped = True
         try:
-            active = [r["JobId"] for r in self.jobs() if r.get("JobState") not in FINAL_STATES]
+            active = {r.get("ArrayJobId") or r["JobId"] for r in self.jobs() if r.get("JobState") not in FINAL_STATES}
             if active:
-                self.run(["scancel", *active], check=False)
+                self.run(["scancel", *sorted(active)], check=False)
                 deadline = time.monotonic() + KILL_WAIT + 5
                 while time.monotonic() < deadline and any(
                         r.get("JobState") not in FINAL_STATES for r in self.jobs()):
@@ -274,7 +277,7 @@ def _hardware() -> dict[str, int]:
 
 
 def start_slurm(workdir: Path, gpus: int = 2, *, cpus: int | None = None, kill_invalid_depend: bool = True,
-                start_timeout: float = 60) -> SlurmCluster:
+                extra_conf: str = "", start_timeout: float = 60) -> SlurmCluster:
     """Start munged + slurmctld + slurmd for one node (this host) with ``gpus`` fake GPUs; wait until the
     node is idle. ``cpus`` defaults to max(real CPUs, gpus) so every GPU can get a task on a small machine
     (``SlurmdParameters=config_overrides`` lets the config claim more than the hardware has).
@@ -345,6 +348,7 @@ MailProg=/bin/true
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SchedulerType=sched/backfill
+SchedulerParameters=batch_sched_delay=0,bf_interval=1
 {dep_params}SlurmdParameters=config_overrides
 ReturnToService=2
 MinJobAge={MIN_JOB_AGE}
@@ -354,7 +358,7 @@ SlurmdTimeout=300
 GresTypes=gpu
 NodeName={node} NodeAddr=127.0.0.1 {node_hw}{gres_line} State=UNKNOWN
 PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP
-""")
+{extra_conf}""")
         (folder / "plugstack.conf").write_text("")  # not /etc/slurm's
         gres = "AutoDetect=off\n"
         if gpus:

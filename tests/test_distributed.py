@@ -6,28 +6,11 @@ import subprocess
 import sys
 
 import optuna
-import pytest
 from mlflow import MlflowClient
 
 from alexnet_exp.budget import is_verdict
-from servers import PASSWORD, _pg_bin, start_mlflow_server, start_postgres
+from servers import PASSWORD, _pg_bin
 from sweep_helpers import write_config
-
-
-@pytest.fixture(scope="module")
-def servers(tmp_path_factory):
-    port, stop_pg, restart_pg = start_postgres()
-    base = f"postgresql://alex:{PASSWORD}@127.0.0.1:{port}"
-    artifacts = tmp_path_factory.mktemp("artifacts")
-    try:
-        url, mlflow_proc = start_mlflow_server(f"{base}/mlflow", artifacts)
-    except Exception:
-        stop_pg()
-        raise
-    yield f"{base}/optuna", url, restart_pg, port, artifacts
-    mlflow_proc.terminate()
-    mlflow_proc.wait(timeout=30)
-    stop_pg()
 
 
 def test_launchers_started_together_on_postgres_and_a_tracking_server(servers, tmp_path):
@@ -87,8 +70,6 @@ def test_launchers_started_together_on_postgres_and_a_tracking_server(servers, t
 
 
 def test_a_storage_outage_mid_sweep_loses_nothing(servers, tmp_path):
-    import time
-
     from test_workers import running_trial_at_epoch_in, wait_for
 
     storage, _, restart_pg, _, _ = servers
