@@ -224,7 +224,7 @@ def _suggest(word: str, options: list[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _format_error(err: dict) -> str:
+def _format_error(err: dict, raw: dict) -> str:
     loc = [str(p) for p in err["loc"]]
     # Union members of the space entries add their tag to the location ("float"); drop it.
     if len(loc) >= 3 and loc[0] == "space" and loc[2] in ("float", "int", "categorical"):
@@ -232,7 +232,7 @@ def _format_error(err: dict) -> str:
     loc = [p for p in loc if not p.startswith("function-after")]
     path = ".".join(loc) or "(top level)"
     if err["type"] == "extra_forbidden":
-        parent_type = _type_at(loc[:-1])
+        parent_type = _type_at(loc[:-1], raw)
         valid = _valid_keys(parent_type) if parent_type else []
         hint = _suggest(loc[-1], valid)
         return f"{path}: unknown key{hint}; valid keys here: {', '.join(valid)}"
@@ -242,15 +242,19 @@ def _format_error(err: dict) -> str:
     return f"{path}: {msg}"
 
 
-def _type_at(loc: list[str]) -> Optional[type[BaseModel]]:
+_PARAM_TYPES = {"float": FloatParam, "int": IntParam, "categorical": CategoricalParam}
+
+
+def _type_at(loc: list[str], raw: dict) -> Optional[type[BaseModel]]:
     if not loc:
         return RunConfig
     if len(loc) == 1 and loc[0] in _SECTION_TYPES:
         return _SECTION_TYPES[loc[0]]
     if len(loc) == 1 and loc[0] == "study":
         return StudyConfig
-    if len(loc) == 2 and loc[0] == "space":
-        return FloatParam
+    if len(loc) == 2 and loc[0] == "space":  # the keys of the entry's own type, float's when it has none
+        entry = (raw.get("space") or {}).get(loc[1])
+        return _PARAM_TYPES.get(entry.get("type") if isinstance(entry, dict) else None, FloatParam)
     return None
 
 
@@ -265,7 +269,7 @@ def _validate(raw: Any, source: str) -> RunConfig:
     try:
         config = RunConfig.model_validate({k: v for k, v in raw.items() if k in valid})
     except ValidationError as exc:
-        raise ConfigError(source, errors + [_format_error(e) for e in exc.errors()]) from None
+        raise ConfigError(source, errors + [_format_error(e, raw) for e in exc.errors()]) from None
     errors += _check_space(config) + _check_baselines(config)
     if not errors:  # the combinations are only worth checking once each value is valid on its own
         errors += _check_combinations(config)
@@ -288,8 +292,34 @@ def _check_value(path: str, value: Any) -> Optional[str]:
     return None
 
 
+def ordered_params(space: dict[str, SpaceParam]) -> list[str]:
+    """Parameter paths with every `when` condition's parameter before the parameters that depend on it."""
+    order: list[str] = []
+    visiting: set[str] = set()
+
+    def visit(path: str, chain: list[str]) -> None:
+        if path in order:
+            return
+        if path in visiting:
+            raise ConfigError("space", [f"space.{path}.when: circular condition {' -> '.join(chain + [path])}"])
+        visiting.add(path)
+        for dep in space[path].when:
+            if dep in space:  # an unknown condition is reported by _check_space
+                visit(dep, chain + [path])
+        visiting.discard(path)
+        order.append(path)
+
+    for path in space:
+        visit(path, [])
+    return order
+
+
 def _check_space(config: RunConfig) -> list[str]:
     errors = []
+    try:
+        ordered_params(config.space)
+    except ConfigError as exc:
+        errors += exc.errors
     for path, param in config.space.items():
         probes = param.choices if isinstance(param, CategoricalParam) else [param.low, param.high]
         for probe in probes:

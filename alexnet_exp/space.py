@@ -6,28 +6,7 @@ from typing import Any, Optional
 
 import optuna
 
-from .config import CategoricalParam, ConfigError, IntParam, RunConfig, SpaceParam
-
-
-def ordered_params(space: dict[str, SpaceParam]) -> list[str]:
-    """Parameter paths with every `when` condition's parameter before the parameters that depend on it."""
-    order: list[str] = []
-    visiting: set[str] = set()
-
-    def visit(path: str, chain: list[str]) -> None:
-        if path in order:
-            return
-        if path in visiting:
-            raise ConfigError("space", [f"space.{path}.when: circular condition {' -> '.join(chain + [path])}"])
-        visiting.add(path)
-        for dep in space[path].when:
-            visit(dep, chain + [path])
-        visiting.discard(path)
-        order.append(path)
-
-    for path in space:
-        visit(path, [])
-    return order
+from .config import CategoricalParam, IntParam, RunConfig, SpaceParam, ordered_params
 
 
 def _active(param: SpaceParam, values: dict[str, Any]) -> bool:

@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 
 from . import names
 from .budget import budget_state
-from .config import ConfigError, RunConfig, load_config
+from .config import ConfigError, RunConfig, load_config, ordered_params
 from .data import DataError
 from .pipeline import DataCache
 from .processes import gpu_list, python_command, supervise, watch_launcher
@@ -31,7 +31,7 @@ from .redaction import redact_text, redact_url
 from .roles import (SweepStudy, close_parent, finish_study, join_study, requeue, run_worker, setup_study,
                     trial_counts)
 from .samplers import make_pruner, make_sampler
-from .space import ordered_params, suggest
+from .space import suggest
 from .study_store import StudyMismatch, default_storage, enqueue_baselines, open_storage
 from .tracking import Tracker, resolve_tracking_uri
 from .train import resolve_device
@@ -157,7 +157,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         signal.signal(signal.SIGINT, _raise_interrupt)
     try:
         config = load_config(args.config, _flag_overrides(args))
-        ordered_params(config.space)
         s = config.study
         sampler = make_sampler(s.sampler, s.sampler_options, s.seed, config.space)
         pruner = make_pruner(s.pruner, s.pruner_options, config.train.epochs)

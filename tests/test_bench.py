@@ -19,4 +19,10 @@ def test_processes_sharing_a_device_report_their_rates():
     result = shared_device([2], images_per_worker=64, device="cpu", batch=32)
     rates = result["K=2"]["per_worker_img_s"]
     assert len(rates) == 2 and all(rate > 0 for rate in rates)
-    assert result["K=2"]["aggregate_img_s"] == sum(rates)
+
+
+def test_a_failing_benchmark_worker_is_an_error_not_a_figure():
+    from alexnet_exp.bench import shared_device
+
+    with pytest.raises(RuntimeError, match="a benchmark worker failed"):
+        shared_device([1], images_per_worker=64, device="no-such-device", batch=32)

@@ -106,3 +106,19 @@ def test_shipped_configs_validate():
 
     for path in sorted(Path(__file__).resolve().parents[1].glob("search_spaces/*.yaml")):
         load_config(path)
+
+
+def test_a_misspelt_key_of_a_categorical_entry_lists_the_categorical_keys():
+    with pytest.raises(ConfigError) as exc:
+        config_from_dict({"space": {"train.optimizer": {"type": "categorical", "choise": ["sgd", "adam"]}}})
+    message = str(exc.value)
+    assert "space.train.optimizer.choise: unknown key (did you mean 'choices'?)" in message
+    assert "valid keys here: type, choices, when" in message
+
+
+def test_circular_conditions_are_a_config_error_with_their_path():
+    with pytest.raises(ConfigError) as exc:
+        config_from_dict({"space": {
+            "train.lr": {"type": "float", "low": 0.01, "high": 0.1, "when": {"train.momentum": 0.9}},
+            "train.momentum": {"type": "float", "low": 0.5, "high": 0.9, "when": {"train.lr": 0.05}}}})
+    assert "space.train.lr.when: circular condition train.lr -> train.momentum -> train.lr" in str(exc.value)

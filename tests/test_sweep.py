@@ -58,8 +58,9 @@ def test_smoke_sweep_end_to_end(in_tmp, capsys):
     tested = [c for c in children if "test_accuracy" in c.data.metrics]
     assert [c.info.run_id for c in tested] == [best_run]
     assert client.get_run(parent.info.run_id).data.metrics["test_accuracy"] == tested[0].data.metrics["test_accuracy"]
-    assert any(a.path == "model" for a in client.list_artifacts(best_run)) or client.search_logged_models(
-        experiment_ids=[parent.info.experiment_id])
+    # MLflow 3 logs the model as a LoggedModel of the experiment, made from the best trial's run
+    models = client.search_logged_models(experiment_ids=[parent.info.experiment_id])
+    assert [m.source_run_id for m in models] == [best_run]
 
 
 def test_states_map_to_mlflow_status_with_reasons(in_tmp):
