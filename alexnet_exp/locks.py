@@ -87,7 +87,9 @@ def study_lock(storage_url: str, study_name: str) -> Iterator[None]:
     key = f"alexnet_exp:{study_name}"
     engine = sqlalchemy.create_engine(storage_url, poolclass=sqlalchemy.pool.NullPool)
     try:
-        with engine.connect() as conn:
+        # autocommit: a session-level lock needs no transaction, and one left idle in a transaction can be cut
+        # by the server (idle_in_transaction_session_timeout), releasing the lock silently
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             if backend == "postgresql":
                 _wait(lambda: conn.execute(sqlalchemy.text("SELECT pg_try_advisory_lock(:k)"),
                                            {"k": _lock_key(key)}).scalar(),

@@ -54,6 +54,7 @@ CONFIG_ARTIFACT = "config.yaml"
 
 # ---- exit codes of `python -m alexnet_exp.sweep` ------------------------------------------------------------
 EXIT_OK = 0
+EXIT_WORKERS_FAILED = 1  # worker processes died or could not start (see their lines)
 EXIT_BAD_INPUT = 2
 EXIT_ERRORS = 3  # stopped because trials kept raising errors (see their runs' error.txt)
 EXIT_INCOMPLETE = 4  # --finalize: the budget is not met yet; nothing evaluated on the test split

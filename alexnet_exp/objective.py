@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import socket
-import sys
 import tempfile
 import traceback
 from dataclasses import dataclass, field
@@ -25,7 +24,9 @@ from .budget import surplus
 from .config import ConfigError, RunConfig, dump_config
 from .pipeline import DataCache, input_size, make_augmenter, make_model, train_run
 from .plots import confusion_png
-from .progress import SweepProgress, worker_label
+from .progress import SweepProgress
+from .progress import warn as _warn
+from .redaction import redact_text
 from .retries import retry_transient
 from .space import suggest
 from .tracking import Tracker
@@ -63,7 +64,7 @@ def data_digest(config: RunConfig) -> str:
     return hashlib.sha256(json.dumps(config.data.model_dump(), sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _best_value(study: optuna.Study) -> Optional[float]:
+def best_value(study: optuna.Study) -> Optional[float]:
     try:
         return study.best_value
     except ValueError:  # no complete trial yet
@@ -109,10 +110,6 @@ def _log_epoch(ctx: TrialContext, run_id: str, m: EpochMetrics) -> None:
     ctx.tracker.log_metrics(run_id, m.scalars(), m.epoch, [("train_loss_step", s, v) for s, v in m.step_losses])
 
 
-def _warn(what: str, exc: BaseException) -> None:
-    print(f"{worker_label()}warning: {what}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-
-
 def _finish_run(ctx: TrialContext, run_id: Optional[str], status: str, tags: dict[str, Any]) -> None:
     """Close the trial's MLflow run; if MLflow cannot be written, say so: the next launcher closes a run left
     RUNNING as stale, and the trial's end is in Optuna already."""
@@ -126,21 +123,49 @@ def _finish_run(ctx: TrialContext, run_id: Optional[str], status: str, tags: dic
 
 def _fail(trial: optuna.Trial, ctx: TrialContext, run_id: Optional[str], kind: str, reason: str,
           error_text: Optional[str] = None):
-    """Record the trial's failure in Optuna, then in MLflow (its error.txt too), and end the trial."""
-    trial.set_user_attr(names.FAIL_KIND, kind)
-    trial.set_user_attr(names.FAIL_REASON, reason)
+    """Record the trial's failure in Optuna, then in MLflow (its error.txt too), and end the trial. Exception
+    texts can hold a URL with its password: they are masked before they are written anywhere."""
+    reason = redact_text(reason)
+    try:
+        trial.set_user_attr(names.FAIL_KIND, kind)
+        trial.set_user_attr(names.FAIL_REASON, reason)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        # Failed already as `lost` by another worker (this one's heartbeat stalled past the grace period); it
+        # is retried there. Close this run all the same.
+        kind, reason = names.LOST, "failed by another worker for a stale heartbeat while it still ran"
     if error_text is not None and run_id is not None:
         try:
-            ctx.tracker.log_text(run_id, error_text, names.ERROR_ARTIFACT)
+            ctx.tracker.log_text(run_id, redact_text(error_text), names.ERROR_ARTIFACT)
         except Exception as exc:
             _warn(f"could not write {names.ERROR_ARTIFACT} to MLflow run {run_id}", exc)
     _finish_run(ctx, run_id, "FAILED", {names.STATE_TAG: "FAIL", names.FAIL_KIND: kind, names.FAIL_REASON: reason})
     raise TrialFailed(kind, reason)
 
 
+def _record_interrupted(trial: optuna.Trial, ctx: TrialContext, run_id: Optional[str]) -> None:
+    """Ctrl-C or SIGTERM, wherever it lands in the trial: Optuna fails the trial, MLflow must too, and the
+    checkpoint stays: the next run of the sweep resumes from it."""
+    reason = "interrupted (Ctrl-C, SIGTERM, or its launcher ended)"
+    try:
+        trial.set_user_attr(names.FAIL_KIND, names.INTERRUPTED)
+        trial.set_user_attr(names.FAIL_REASON, reason)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pass
+    _finish_run(ctx, run_id, "FAILED", {names.STATE_TAG: "FAIL", names.FAIL_KIND: names.INTERRUPTED,
+                                        names.FAIL_REASON: reason})
+
+
 def run_trial(trial: optuna.Trial, ctx: TrialContext, n_trials: int) -> float:
     """One trial, recorded whatever happens: every way out of here leaves Optuna's `fail_kind`/`fail_reason`
     (or a value, or the pruned epoch) and a closed MLflow run."""
+    try:
+        return _run_trial(trial, ctx, n_trials)
+    except KeyboardInterrupt:
+        _record_interrupted(trial, ctx, trial.user_attrs.get(names.MLFLOW_RUN_ID))
+        raise
+
+
+def _run_trial(trial: optuna.Trial, ctx: TrialContext, n_trials: int) -> float:
     if surplus(trial.study, trial.number, n_trials):
         reason = "the budget was taken by other workers' trials"
         trial.set_user_attr(names.FAIL_KIND, names.SURPLUS)
@@ -176,7 +201,7 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext, n_trials: int) -> float:
         earlier_runs = _earlier_runs(trial) if previous is not None else None
         return _train_and_record(trial, ctx, config, run_id, checkpoint, earlier_runs)
     except (KeyboardInterrupt, optuna.TrialPruned, TrialFailed):
-        raise  # recorded already
+        raise  # recorded already, or by run_trial
     except Exception as exc:  # anything else, the trial's own clean-up included: an error of this trial only
         return _fail(trial, ctx, run_id, names.ERROR, f"{type(exc).__name__}: {exc}", traceback.format_exc())
 
@@ -234,13 +259,6 @@ def _train_and_record(trial: optuna.Trial, ctx: TrialContext, config: RunConfig,
                                             "classes": data.num_classes}))
         model, result = train_run(config, ctx.cache, on_epoch=on_epoch, resume=resume,
                                   on_checkpoint=on_checkpoint if checkpoint is not None else None)
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: Optuna fails the trial, MLflow must too; the checkpoint
-        trial.set_user_attr(names.FAIL_KIND, names.INTERRUPTED)  # stays, and the next run resumes from it
-        reason = "interrupted (Ctrl-C, SIGTERM, or its launcher ended)"
-        trial.set_user_attr(names.FAIL_REASON, reason)
-        _finish_run(ctx, run_id, "FAILED", {names.STATE_TAG: "FAIL", names.FAIL_KIND: names.INTERRUPTED,
-                                            names.FAIL_REASON: reason})
-        raise
     except optuna.TrialPruned:
         ctx.state.discard_checkpoint(checkpoint, [run_id, *(earlier_runs or [])])
         epoch = trial.user_attrs.get(names.EPOCHS_RUN, 0)
@@ -268,7 +286,7 @@ def _train_and_record(trial: optuna.Trial, ctx: TrialContext, config: RunConfig,
     value = final.accuracy if ctx.metric == "val_accuracy" else final.macro_f1
     _log_evaluation(ctx, run_id, final, data.class_names)
     study = trial.study
-    if _is_better(study, value, _best_value(study)):
+    if _is_better(study, value, best_value(study)):
         ctx.state.save_weights({k: v.detach().cpu() for k, v in model.state_dict().items()}, trial.number, run_id)
     _finish_run(ctx, run_id, "FINISHED", {names.STATE_TAG: "COMPLETE"})
     return value

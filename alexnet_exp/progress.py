@@ -51,6 +51,13 @@ class SweepProgress:
             self.bar.close()
 
 
+def warn(what: str, exc: BaseException) -> None:
+    """One line on stderr for a problem that does not stop the work (secrets masked)."""
+    from .redaction import redact_text
+
+    print(redact_text(f"{worker_label()}warning: {what}: {type(exc).__name__}: {exc}"), file=sys.stderr, flush=True)
+
+
 def worker_label() -> str:
     """`[worker i] ` in a worker process started by the launcher (which sets ALEXNET_EXP_WORKER), else ''."""
     index = os.environ.get("ALEXNET_EXP_WORKER")

@@ -10,7 +10,7 @@ import re
 MASK = "***"
 
 # scheme://user:password@host -> scheme://user:***@host (any scheme: postgresql+psycopg, mysql, http, ...)
-_USERINFO = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@'\"]*):(?P<secret>[^@\s/'\"]+)@")
+_USERINFO = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@'\"]*):(?P<secret>[^@\s'\"]+)@")
 # ...?password=secret&... and the usual spellings of it
 _QUERY = re.compile(r"(?P<head>[?&;](?:password|passwd|pwd|token|secret|api_key|access_key)=)(?P<secret>[^&\s'\"]+)",
                     re.IGNORECASE)

@@ -19,6 +19,7 @@ from typing import Optional, Union
 import pandas as pd
 
 from . import names
+from .redaction import redact_url
 from . import report_figures as figures
 from .report_data import REFERENCE_RESULTS, StudyData, discover_studies, load_study_data, trials_frame
 
@@ -253,7 +254,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         try:
             studies.append(load_study_data(name, storage, args.tracking_uri))
         except KeyError:
-            print(f"error: no study named {name!r} in {storage}", file=sys.stderr)
+            print(f"error: no study named {name!r} in {redact_url(storage)}", file=sys.stderr)
             return 2
     out = Path(args.out)
     for data in studies:

@@ -23,7 +23,7 @@ from . import names
 from .budget import budget_state, is_verdict
 from .config import RunConfig, dump_config
 from .locks import study_lock
-from .objective import TrialContext, evaluate_on_test, run_trial
+from .objective import TrialContext, best_value as _best_value, evaluate_on_test, run_trial
 from .pipeline import DataCache
 from .progress import SweepProgress, worker_label
 from .redaction import redact_url
@@ -116,13 +116,6 @@ def requeue(run: SweepStudy) -> int:
     study after a scancel or a preemption does, without waiting for a new set-up step."""
     with study_lock(run.storage_url, run.name):
         return requeue_interrupted(run.study)
-
-
-def _best_value(study: optuna.Study) -> Optional[float]:
-    try:
-        return study.best_value
-    except ValueError:  # no complete trial yet
-        return None
 
 
 def run_worker(run: SweepStudy, cache: DataCache, run_tags: dict[str, Any], quiet: bool) -> str:
@@ -224,8 +217,8 @@ def evaluate_best_once(run: SweepStudy, cache: DataCache, state: TrialStateStore
     tracker.set_tags(run.parent_id, {"best_trial": best.number, "best_run_id": run_id or ""})
     study.set_user_attr(names.TEST_EVALUATED_TRIAL, best.number)
     study.set_user_attr(names.TEST_METRICS, metrics)
-    for stale in state.weights_dir.glob("trial_*.pt"):  # only the best trial's weights are kept
-        if stale != weights:
-            stale.unlink(missing_ok=True)
+    finished = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+    for number in finished - {best.number}:  # only the best trial's weights are kept; a running trial's stay
+        names.weights_path(state.weights_dir, number).unlink(missing_ok=True)
     summary.update(metrics)
     return summary

@@ -11,6 +11,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Optional
 
 import optuna
 from optuna.trial import TrialState
@@ -55,6 +56,21 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
             print(f"storage unreachable for a heartbeat ({type(exc).__name__}); trying again at the next beat",
                   file=sys.stderr, flush=True)
 
+    # Optuna starts a trial's heartbeat thread only once the trial runs its objective; a trial whose process
+    # died between its creation (or its pop from the queue) and then would stay RUNNING for ever, since the
+    # stale check passes over trials without a heartbeat. It beats from the moment it is RUNNING.
+    def create_new_trial(self, study_id: int, template_trial=None) -> int:
+        trial_id = super().create_new_trial(study_id, template_trial)
+        if template_trial is None or template_trial.state == TrialState.RUNNING:
+            self.record_heartbeat(trial_id)
+        return trial_id
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values=None) -> bool:
+        changed = super().set_trial_state_values(trial_id, state, values)
+        if changed and state == TrialState.RUNNING:
+            self.record_heartbeat(trial_id)
+        return changed
+
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         stale = super()._get_stale_trial_ids(study_id)
         for trial_id in stale:
@@ -78,9 +94,9 @@ class _RetryStaleTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
         super().__call__(study, carried)
 
 
-def retry_callback() -> optuna.storages.RetryHeartbeatStaleTrialCallback:
+def retry_callback(max_retry: Optional[int] = MAX_RETRIES) -> optuna.storages.RetryHeartbeatStaleTrialCallback:
     # inherit_intermediate_values: the retry resumes from a checkpoint, so the pruner must see those epochs.
-    return _RetryStaleTrial(max_retry=MAX_RETRIES, inherit_intermediate_values=True)
+    return _RetryStaleTrial(max_retry=max_retry, inherit_intermediate_values=True)
 
 
 def open_storage(url: str, heartbeat_seconds: int = 20) -> optuna.storages.BaseStorage:
@@ -172,11 +188,11 @@ def requeue_interrupted(study: optuna.Study) -> int:
     """Trials failed by Ctrl-C/SIGTERM run again with the same parameters (resuming from their checkpoint)."""
     trials = study.get_trials(deepcopy=False)
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-    callback = retry_callback()
-    added = 0
-    for t in trials:
-        if t.state == TrialState.FAIL and t.user_attrs.get(names.FAIL_KIND) == names.INTERRUPTED \
-                and t.number not in retried:
-            callback(study, t)
-            added += 1
-    return added
+    # No cap: each interruption is someone's decision (Ctrl-C, scancel, a preemption), not a trial that kills
+    # its worker, which MAX_RETRIES is for.
+    callback = retry_callback(max_retry=None)
+    interrupted = [t for t in trials if t.state == TrialState.FAIL and
+                   t.user_attrs.get(names.FAIL_KIND) == names.INTERRUPTED and t.number not in retried]
+    for t in interrupted:
+        callback(study, t)
+    return len(study.get_trials(deepcopy=False)) - len(trials)

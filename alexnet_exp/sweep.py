@@ -28,6 +28,7 @@ from .data import DataError
 from .pipeline import DataCache
 from .processes import gpu_list, python_command, supervise, watch_launcher
 from .redaction import redact_text, redact_url
+from .retries import retry_transient
 from .roles import (SweepStudy, close_parent, finish_study, join_study, requeue, run_worker, setup_study,
                     trial_counts)
 from .samplers import make_pruner, make_sampler
@@ -144,7 +145,8 @@ def _raise_interrupt(signum, frame):
 
 
 def _exit_code(why: str) -> int:
-    return {"interrupted": names.EXIT_INTERRUPTED, "errors": names.EXIT_ERRORS}.get(why, names.EXIT_OK)
+    return {"interrupted": names.EXIT_INTERRUPTED, "errors": names.EXIT_ERRORS,
+            "workers failed": names.EXIT_WORKERS_FAILED}.get(why, names.EXIT_OK)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -153,19 +155,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     _stopping = False
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    if args.worker:
-        signal.signal(signal.SIGINT, _raise_interrupt)
+    signal.signal(signal.SIGINT, _raise_interrupt)  # a second Ctrl-C must not cut the clean-up of the first
     try:
         config = load_config(args.config, _flag_overrides(args))
         s = config.study
         sampler = make_sampler(s.sampler, s.sampler_options, s.seed, config.space)
         pruner = make_pruner(s.pruner, s.pruner_options, config.train.epochs)
-        if args.dry_run:
-            dry_run(config, sampler, args.dry_run_trials)
-            return names.EXIT_OK
         if args.dry_run and (args.init_only or args.join or args.finalize or args.worker):
             raise ConfigError("--dry-run", ["--dry-run trains nothing and writes nothing: use it without "
                                             "--init-only, --join or --finalize"])
+        if args.dry_run:
+            dry_run(config, sampler, args.dry_run_trials)
+            return names.EXIT_OK
         joining = args.worker or args.join
         if args.join and (args.workers or args.trials_per_gpu):
             raise ConfigError("--join", ["--join runs one worker in this process: start as many as you want workers "
@@ -195,7 +196,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                            **library_versions()}
             run, report = setup_study(config, storage_url, storage, sampler, pruner, tracker, environment)
     except (ConfigError, StudyMismatch, DataError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact_text(str(exc))}", file=sys.stderr)
         return names.EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return names.EXIT_INTERRUPTED
@@ -251,18 +252,24 @@ def _launch(run: SweepStudy, report, cache: DataCache, run_tags: dict, argv: lis
             why = run_worker(run, cache, run_tags, quiet)
         else:
             command = python_command("alexnet_exp.sweep", argv + ["--worker", "--quiet"])
-            codes = supervise(command, n_workers, gpus, lambda: budget_state(run.study)[0] < s.n_trials)
+            codes = supervise(command, n_workers, gpus, lambda: retry_transient(
+                lambda: budget_state(run.study)[0] < s.n_trials, "the budget check"))
             if codes is None:
                 why = "interrupted"
                 print("interrupted: workers stopped, their running trials marked failed; run the same command "
                       "to resume", file=sys.stderr)
             elif names.EXIT_ERRORS in codes:
                 why = "errors"
+            elif any(code != names.EXIT_OK for code in codes):
+                why = "workers failed"
+                print(f"workers ended with exit codes {codes} (see their lines above); the budget is "
+                      f"{'met' if budget_state(run.study)[0] >= s.n_trials else 'not met'}: run the same command "
+                      f"to go on", file=sys.stderr)
     summary = None
     if why == "interrupted":
         close_parent(run, "KILLED")
     else:
-        summary = finish_study(run, cache, "FINISHED" if why != "errors" else "FAILED")
+        summary = finish_study(run, cache, "FINISHED" if why in ("budget", "timeout") else "FAILED")
     _print_end(run, summary, f" in {time.monotonic() - started:.0f} s", why != "interrupted")
     if why == "errors":
         print(f"stopped because trials kept raising errors (exit code {names.EXIT_ERRORS}): see their MLflow "
@@ -309,6 +316,11 @@ def _finalize(run: SweepStudy, cache: DataCache) -> int:
         return names.EXIT_INCOMPLETE
     summary = finish_study(run, cache)
     _print_end(run, summary, "", True)
+    if summary and "test_accuracy" not in summary:
+        print("the best trial's weights were found neither here nor in its MLflow run: the test split was not "
+              "evaluated (set study.state_store: mlflow, or run --finalize where the best trial trained)",
+              file=sys.stderr)
+        return names.EXIT_INCOMPLETE
     print(f"MLflow runs: {run.tracker.ui_link()}")
     return names.EXIT_OK
 

@@ -115,8 +115,10 @@ class Tracker:
             return False
         try:
             run = self.client.get_run(run_id)
-        except mlflow.exceptions.MlflowException:
-            return False
+        except mlflow.exceptions.MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return False
+            raise  # a server that is away is not a run that is gone: never make a second parent run
         return run.info.experiment_id == self.experiment_id and run.info.lifecycle_stage == "active"
 
     def start_parent(self, study_name: str, tags: dict[str, Any]) -> str:

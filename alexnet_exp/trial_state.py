@@ -8,7 +8,6 @@ from its last epoch, and the finish step can evaluate the best trial anywhere.
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -16,7 +15,7 @@ from typing import Any, Iterable, Optional
 import torch
 
 from . import names
-from .progress import worker_label
+from .progress import warn as _warn
 from .tracking import Tracker
 
 CHECKPOINT_ARTIFACTS = "checkpoint"  # artifact folder of a trial's run: its latest per-epoch state
@@ -34,10 +33,6 @@ def save_atomically(obj: Any, path: Path) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-
-
-def _warn(what: str, exc: BaseException) -> None:
-    print(f"{worker_label()}warning: {what}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
 
 
 class TrialStateStore:
@@ -63,9 +58,10 @@ class TrialStateStore:
         if not path.is_file() and self.shared is not None:
             for run_id in earlier_runs:
                 try:
-                    with tempfile.TemporaryDirectory() as tmp:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    # beside the destination: os.replace cannot cross filesystems (a node-local /tmp)
+                    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
                         got = self.shared.download(run_id, f"{CHECKPOINT_ARTIFACTS}/{path.name}", Path(tmp))
-                        path.parent.mkdir(parents=True, exist_ok=True)
                         os.replace(got, path)
                     break
                 except Exception:  # that run died before its first checkpoint: try the one before it
@@ -103,9 +99,9 @@ class TrialStateStore:
         path = names.weights_path(self.weights_dir, trial_number)
         if not path.is_file() and self.shared is not None and run_id:
             try:
-                with tempfile.TemporaryDirectory() as tmp:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
                     got = self.shared.download(run_id, f"{WEIGHTS_ARTIFACTS}/{path.name}", Path(tmp))
-                    path.parent.mkdir(parents=True, exist_ok=True)
                     os.replace(got, path)
             except Exception as exc:
                 _warn(f"could not download the weights of trial {trial_number} from run {run_id}", exc)

@@ -66,6 +66,11 @@ def run_trials(study: optuna.Study, objective: Callable, n_trials: int, timeout:
         try:
             study.optimize(objective, n_trials=1, callbacks=[on_trial_end], catch=(Exception,),
                            gc_after_trial=False)
+        except optuna.exceptions.UpdateFinishedTrialError as exc:
+            # This worker's heartbeat stalled past the grace period and another worker failed its trial as `lost`
+            # (and retries it): Optuna cannot record this end any more. The trial's run is closed; carry on.
+            print(f"{worker_label()}a trial of this worker was failed by another for a stale heartbeat ({exc}); "
+                  f"it is retried there", file=sys.stderr, flush=True)
         except transient_storage_errors() as exc:
             # Optuna could not record the end of a trial: it stays RUNNING without a heartbeat, so it is failed
             # and retried from its checkpoint once the storage is back. Nothing else is lost; carry on.

@@ -193,6 +193,8 @@ def test_storage_password_is_redacted():
     assert redact("postgresql://host/db?user=a&password=s3cret&sslmode=require") == \
         "postgresql://host/db?user=a&password=***&sslmode=require"
     assert redact("sqlite:///sweeps/a/optuna.db") == "sqlite:///sweeps/a/optuna.db"
+    assert redact("postgresql://u:pw/9+x@h:5432/db") == "postgresql://u:***@h:5432/db"  # base64 has '/'
+    assert redact("error at postgresql://u:s3cret@h/db: refused") == "error at postgresql://u:***@h/db: refused"
 
 
 def test_dumped_config_holds_no_password():
