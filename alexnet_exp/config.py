@@ -9,12 +9,13 @@ import copy
 import difflib
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .architecture import input_size_problem
+from .space_params import CategoricalParam, FloatParam, IntParam, SpaceParam
 from .redaction import redact_text
 
 
@@ -107,47 +108,7 @@ class TrainConfig(_Section):
         return self
 
 
-# ---- sweep sections (read by space.py / sweep.py) --------------------------------------------------------
-
-class _RangeParam(_Section):
-    """A numeric range; Optuna's own rules, checked before anything runs."""
-
-    @model_validator(mode="after")
-    def _range(self):
-        if self.low > self.high:
-            raise ValueError(f"low ({self.low}) > high ({self.high}): swap them")
-        if self.log and self.low <= 0:
-            raise ValueError(f"log: true needs low > 0 (got {self.low})")
-        if self.log and self.step not in (None, 1):
-            raise ValueError("step and log: true cannot be combined")
-        return self
-
-
-class FloatParam(_RangeParam):
-    type: Literal["float"]
-    low: float
-    high: float
-    log: bool = False
-    step: Optional[float] = Field(None, gt=0)
-    when: dict[str, Any] = {}  # sample only when these parameters have these values
-
-
-class IntParam(_RangeParam):
-    type: Literal["int"]
-    low: int
-    high: int
-    log: bool = False
-    step: int = Field(1, ge=1)
-    when: dict[str, Any] = {}
-
-
-class CategoricalParam(_Section):
-    type: Literal["categorical"]
-    choices: list[Union[bool, int, float, str, None]] = Field(min_length=1)
-    when: dict[str, Any] = {}
-
-
-SpaceParam = Annotated[Union[FloatParam, IntParam, CategoricalParam], Field(discriminator="type")]
+# ---- sweep sections (read by space.py / sweep.py); the space's entries are in space_params.py -----------
 
 SAMPLERS = ("tpe", "random", "grid", "gp", "cmaes", "qmc")
 PRUNERS = ("median", "percentile", "successive_halving", "hyperband", "none")
@@ -394,7 +355,7 @@ def load_config(path: Union[str, Path], overrides: Optional[list[str]] = None) -
     """Read and validate a YAML config; `overrides` are `key=value` strings applied on top."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(str(path), [f"no such file; the shipped configs are in search_spaces/"])
+        raise ConfigError(str(path), ["no such file; the shipped configs are in search_spaces/"])
     try:
         raw = parse_yaml(path.read_text())
     except yaml.YAMLError as exc:
