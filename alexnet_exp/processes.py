@@ -102,10 +102,12 @@ def watch_launcher() -> threading.Event:
     gone = threading.Event()
 
     def watch() -> None:
+        # os.read on the descriptor, not sys.stdin: a daemon thread blocked inside the buffered reader holds
+        # its lock, and the interpreter's shutdown then aborts on it ("could not acquire lock for <stdin>").
         try:
-            while sys.stdin.buffer.read(4096):
+            while os.read(0, 4096):
                 pass
-        except (OSError, ValueError):
+        except OSError:
             pass
         gone.set()
         os.kill(os.getpid(), signal.SIGTERM)
