@@ -99,11 +99,25 @@ def _log_evaluation(ctx: TrialContext, run_id: str, result, class_names: list[st
         ctx.tracker.log_file(run_id, png, "evaluation")
 
 
-def _retry_of(trial: optuna.Trial) -> tuple[Optional[int], Optional[int]]:
-    """(first trial of the retry chain, trial this one retries), or (None, None) for a fresh trial."""
-    frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+@dataclass
+class RetryChain:
+    """Where a retried trial comes from: the first trial of its chain (whose number names the checkpoint) and
+    the MLflow runs of the trials it retries, newest first (where their checkpoints are)."""
+
+    root: int
+    previous: Optional[int]  # the trial this one retries; None for a fresh trial
+    previous_run: Optional[str]  # its MLflow run
+    earlier_runs: list[str]
+
+
+def _retry_chain(trial: optuna.Trial) -> RetryChain:
+    trials = trial.study.get_trials(deepcopy=False)  # one read for all of it
+    frozen = next(t for t in trials if t.number == trial.number)
     history = frozen.system_attrs.get("retry_history") or []
-    return frozen.system_attrs.get("failed_trial"), (history[-1] if history else None)
+    run_of = {t.number: t.user_attrs.get(names.MLFLOW_RUN_ID) for t in trials}
+    previous = history[-1] if history else None
+    return RetryChain(frozen.system_attrs.get("failed_trial", trial.number), previous, run_of.get(previous),
+                      [run_of[n] for n in reversed(history) if run_of.get(n)])
 
 
 def _log_epoch(ctx: TrialContext, run_id: str, m: EpochMetrics) -> None:
@@ -175,11 +189,12 @@ def _run_trial(trial: optuna.Trial, ctx: TrialContext, n_trials: int) -> float:
     values = suggest(trial, ctx.base.space, fixed)
     trial.set_user_attr(names.VALUES, json.dumps(values))
     ctx.progress.trial_started(trial.number, values)
-    root, previous = _retry_of(trial)
+    chain = _retry_chain(trial)
+    previous = chain.previous
     tags = {**ctx.run_tags, names.TRIAL_TAG: trial.number, names.STATE_TAG: "RUNNING",
             names.BASELINE: trial.user_attrs.get(names.BASELINE, "")}
     if previous is not None:
-        previous_run = _run_of(trial.study, previous)
+        previous_run = chain.previous_run
         tags.update(retry_of_trial=previous, retry_of_run=previous_run or "")
         if previous_run and ctx.tracker.run_status(previous_run) == "RUNNING":
             _finish_run(ctx, previous_run, "FAILED", {names.STATE_TAG: "FAIL", names.FAIL_REASON: "its worker "
@@ -197,25 +212,13 @@ def _run_trial(trial: optuna.Trial, ctx: TrialContext, n_trials: int) -> float:
         trial.set_user_attr(names.WORKER_PID, os.getpid())
         trial.set_user_attr(names.WORKER_HOST, socket.gethostname())
         ctx.tracker.log_text(run_id, dump_config(config), names.CONFIG_ARTIFACT)
-        checkpoint = ctx.state.checkpoint_path(root if root is not None else trial.number)
-        earlier_runs = _earlier_runs(trial) if previous is not None else None
+        checkpoint = ctx.state.checkpoint_path(chain.root)
+        earlier_runs = chain.earlier_runs if previous is not None else None
         return _train_and_record(trial, ctx, config, run_id, checkpoint, earlier_runs)
     except (KeyboardInterrupt, optuna.TrialPruned, TrialFailed):
         raise  # recorded already, or by run_trial
     except Exception as exc:  # anything else, the trial's own clean-up included: an error of this trial only
         return _fail(trial, ctx, run_id, names.ERROR, f"{type(exc).__name__}: {exc}", traceback.format_exc())
-
-
-def _earlier_runs(trial: optuna.Trial) -> list[str]:
-    """The MLflow runs of the trials this one retries, newest first: where their checkpoints are."""
-    frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
-    runs = [_run_of(trial.study, n) for n in reversed(frozen.system_attrs.get("retry_history") or [])]
-    return [r for r in runs if r]
-
-
-def _run_of(study: optuna.Study, number: int) -> Optional[str]:
-    trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
-    return trial.user_attrs.get(names.MLFLOW_RUN_ID) if trial is not None else None
 
 
 def _train_and_record(trial: optuna.Trial, ctx: TrialContext, config: RunConfig, run_id: str,

@@ -9,7 +9,6 @@ import os
 import time
 from pathlib import Path
 from typing import Any, Iterable, Optional
-from urllib.parse import urlparse
 
 import mlflow
 from mlflow import MlflowClient
@@ -97,13 +96,9 @@ class Tracker:
             return found.experiment_id
 
     def _artifact_location(self) -> Optional[str]:
-        location = None
-        parsed = urlparse(self.tracking_uri)
-        if parsed.scheme == "sqlite" and parsed.path not in ("", "/:memory:"):
-            # Keep artifacts beside the database (MLflow would use ./mlruns of whatever folder we run in).
-            db_path = Path(self.tracking_uri[len("sqlite:///"):])
-            location = (db_path.resolve().parent / "mlruns").as_uri()
-        return location
+        db = sqlite_path(self.tracking_uri)
+        # Keep artifacts beside the database (MLflow would use ./mlruns of whatever folder we run in).
+        return (db.resolve().parent / "mlruns").as_uri() if db is not None else None
 
     def ui_link(self, host: str = "http://127.0.0.1:5000") -> str:
         return f"{host}/#/experiments/{self.experiment_id}/runs"
