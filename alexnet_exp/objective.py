@@ -256,10 +256,11 @@ def _train_and_record(trial: optuna.Trial, ctx: TrialContext, config: RunConfig,
     model = None
     try:
         data, stats = ctx.cache.get(config.data)
-        ctx.tracker.log_dataset(run_id, config.data.dataset, data_digest(config), config.data.root
-                                if config.data.dataset.startswith("cifar") else config.data.dataset,
-                                json.dumps({"train": len(data.train_y), "val": len(data.val_y),
-                                            "classes": data.num_classes}))
+        ctx.tracker.log_dataset(
+            run_id, config.data.dataset, data_digest(config),
+            config.data.root if config.data.dataset.startswith("cifar") else config.data.dataset,
+            {context: json.dumps({"images": len(labels), "classes": data.num_classes}) for context, labels in
+             (("training", data.train_y), ("validation", data.val_y), ("test", data.test_y))})
         model, result = train_run(config, ctx.cache, on_epoch=on_epoch, resume=resume,
                                   on_checkpoint=on_checkpoint if checkpoint is not None else None)
     except optuna.TrialPruned:

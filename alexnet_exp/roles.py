@@ -25,7 +25,7 @@ from .config import RunConfig, dump_config
 from .locks import study_lock
 from .objective import TrialContext, best_value as _best_value, evaluate_on_test, run_trial
 from .pipeline import DataCache
-from .progress import SweepProgress, worker_label
+from .progress import SweepProgress, warn, worker_label
 from .redaction import redact_url
 from .study_store import enqueue_baselines, open_study, requeue_interrupted
 from .tracking import Tracker
@@ -133,7 +133,13 @@ def run_worker(run: SweepStudy, cache: DataCache, run_tags: dict[str, Any], quie
         note = trial.user_attrs.get(names.FAIL_REASON, "")
         if trial.state == TrialState.PRUNED:
             note = f"pruned at epoch {trial.user_attrs.get(names.PRUNED_AT_EPOCH, '?')}"
-        progress.trial_finished(trial.number, trial.state.name, value, note, _best_value(study), is_verdict(trial))
+        best = _best_value(study)
+        progress.trial_finished(trial.number, trial.state.name, value, note, best, is_verdict(trial))
+        if value is not None and value == best:  # a new best: the parent's optimisation-history chart in MLflow
+            try:
+                run.tracker.log_metrics(run.parent_id, {f"best_{s.metric}": best}, step=trial.number)
+            except Exception as exc:  # a chart point is not worth a trial
+                warn("could not log the best value on the parent run", exc)
 
     try:
         why = run_trials(study, lambda trial: run_trial(trial, ctx, s.n_trials), s.n_trials, s.timeout,
@@ -213,8 +219,14 @@ def evaluate_best_once(run: SweepStudy, cache: DataCache, state: TrialStateStore
             tracker.log_model(run_id, model)
         except Exception as exc:  # the test metrics are logged already; the model file is a convenience
             print(f"warning: could not log the best model to MLflow: {type(exc).__name__}: {exc}", file=sys.stderr)
-    tracker.log_metrics(run.parent_id, {**metrics, f"best_{config.study.metric}": best.value}, step=0)
+    tracker.log_metrics(run.parent_id, metrics, step=best.number)
+    tracker.log_metrics(run.parent_id, {f"best_{config.study.metric}": best.value}, step=best.number)
     tracker.set_tags(run.parent_id, {"best_trial": best.number, "best_run_id": run_id or ""})
+    try:  # MLflow params cannot change: a study resumed with a larger budget and a new best keeps the first
+        tracker.log_params(run.parent_id, {f"best.{k}": v for k, v in summary["params"].items()})
+    except Exception as exc:
+        warn("the parent run's best.* params stay those of an earlier best trial (MLflow params cannot change); "
+             "its best_trial tag names the current one", exc)
     study.set_user_attr(names.TEST_EVALUATED_TRIAL, best.number)
     study.set_user_attr(names.TEST_METRICS, metrics)
     finished = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}

@@ -134,9 +134,7 @@ class Tracker:
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags={
             "mlflow.parentRunId": parent_id, names.ROLE_TAG: names.ROLE_TRIAL, **{k: _text(v) for k, v in tags.items()}})
         run_id = run.info.run_id
-        items = [Param(k, _text(v)) for k, v in params.items()]
-        for start in range(0, len(items), 100):
-            self.client.log_batch(run_id, params=items[start:start + 100])
+        self.log_params(run_id, params)
         return run_id
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int,
@@ -152,9 +150,18 @@ class Tracker:
         if tags:
             self.client.log_batch(run_id, tags=[RunTag(k, _text(v)) for k, v in tags.items()])
 
-    def log_dataset(self, run_id: str, name: str, digest: str, source: str, profile: str) -> None:
-        dataset = Dataset(name=name, digest=digest, source_type="local", source=source, profile=profile)
-        self.client.log_inputs(run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", "training")])])
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        items = [Param(k, _text(v)) for k, v in params.items()]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[start:start + 100])
+
+    def log_dataset(self, run_id: str, name: str, digest: str, source: str, profiles: dict[str, str]) -> None:
+        """The dataset's splits as the run's inputs, one per context (`training`, `validation`, `test`)."""
+        inputs = [DatasetInput(Dataset(name=name, digest=f"{digest}-{context}"[:36], source_type="local",
+                                       source=source, profile=profile),
+                               [InputTag("mlflow.data.context", context)])
+                  for context, profile in profiles.items()]
+        self.client.log_inputs(run_id, inputs)
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         self.client.log_text(run_id, text, artifact_file)

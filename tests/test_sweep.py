@@ -52,12 +52,24 @@ def test_smoke_sweep_end_to_end(in_tmp, capsys):
         assert evaluation == {"evaluation/confusion_matrix.csv", "evaluation/confusion_matrix.png",
                               "evaluation/per_class.csv"}
         inputs = client.get_run(child.info.run_id).inputs.dataset_inputs
-        assert inputs and inputs[0].dataset.name == "synthetic"
+        assert {i.dataset.name for i in inputs} == {"synthetic"}
+        assert sorted(t.value for i in inputs for t in i.tags if t.key == "mlflow.data.context") == \
+            ["test", "training", "validation"]
     # The best trial, and only it, was evaluated on the held-out test split.
     best_run = study.best_trial.user_attrs["mlflow_run_id"]
     tested = [c for c in children if "test_accuracy" in c.data.metrics]
     assert [c.info.run_id for c in tested] == [best_run]
     assert client.get_run(parent.info.run_id).data.metrics["test_accuracy"] == tested[0].data.metrics["test_accuracy"]
+    # The parent run as MLflow's tuning guide has it: the best value per trial number (a live optimisation
+    # history) and the best trial's parameters as params.
+    history = sorted((m.step, m.value) for m in client.get_metric_history(parent.info.run_id, "best_val_accuracy"))
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert history[0] == (complete[0].number, complete[0].value)
+    assert all(v2 >= v1 for (_, v1), (_, v2) in zip(history, history[1:]))  # one worker: never worse
+    assert history[-1] == (study.best_trial.number, study.best_value)
+    best_params = client.get_run(parent.info.run_id).data.params
+    assert {k: best_params[f"best.{k}"] for k in study.best_trial.params} == \
+        {k: str(v) for k, v in json.loads(study.best_trial.user_attrs["values"]).items() if k in study.best_trial.params}
     # MLflow 3 logs the model as a LoggedModel of the experiment, made from the best trial's run
     models = client.search_logged_models(experiment_ids=[parent.info.experiment_id])
     assert [m.source_run_id for m in models] == [best_run]
