@@ -40,9 +40,6 @@ class TrialFailed(Exception):
         super().__init__(f"{kind}: {reason}")
 
 
-# Fault injection for the fault-tolerance tests: trial numbers (comma-separated) whose first epoch raises
-# CUDA's out-of-memory error, as a too-large batch would on a GPU.
-INJECT_OOM_ENV = "ALEXNET_EXP_INJECT_OOM"
 
 
 @dataclass
@@ -230,12 +227,9 @@ def _train_and_record(trial: optuna.Trial, ctx: TrialContext, config: RunConfig,
         for m in resume["history"]:  # the epochs already trained, so this run's curves are whole
             _log_epoch(ctx, run_id, EpochMetrics(**m))
     logged_epochs = resume["epoch"] if resume is not None else 0
-    inject_oom = trial.number in {int(n) for n in os.environ.get(INJECT_OOM_ENV, "").split(",") if n.strip()}
 
     def on_epoch(m: EpochMetrics) -> None:
         nonlocal logged_epochs
-        if inject_oom:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected by " + INJECT_OOM_ENV + ")")
         value = getattr(m, ctx.metric)
         _log_epoch(ctx, run_id, m)
         logged_epochs = m.epoch

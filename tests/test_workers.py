@@ -7,7 +7,6 @@ import sys
 import time
 
 import optuna
-import pytest
 from optuna.trial import TrialState
 
 from alexnet_exp.budget import is_verdict
@@ -87,8 +86,22 @@ def test_four_local_workers_share_one_budget(tmp_path):
 
 
 def test_injected_out_of_memory_fails_one_trial_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    import torch
+
+    from alexnet_exp import objective
+
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("ALEXNET_EXP_INJECT_OOM", "1")
+    real_train_run, calls = objective.train_run, []
+
+    def second_trial_runs_out_of_memory(config, cache, on_epoch=None, **kwargs):
+        # The fault injected where a too-large batch raises it on a GPU: inside training, after an epoch.
+        calls.append(config)
+        if len(calls) == 2:
+            def on_epoch(metrics):
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_train_run(config, cache, on_epoch=on_epoch, **kwargs)
+
+    monkeypatch.setattr(objective, "train_run", second_trial_runs_out_of_memory)
     cfg = write_config(tmp_path / "s.yaml")
     assert run_sweep(tmp_path, cfg) == 0
     trials = study_of(tmp_path).get_trials()
