@@ -132,18 +132,22 @@ def _finish_run(ctx: TrialContext, run_id: Optional[str], status: str, tags: dic
         _warn(f"could not close MLflow run {run_id}", exc)
 
 
+def _record_failure(trial: optuna.Trial, kind: str, reason: str) -> tuple[str, str]:
+    """Write why the trial failed into Optuna; returns what was recorded. A trial that another worker has
+    failed already as `lost` (this one's heartbeat stalled past the grace period) keeps that end."""
+    try:
+        trial.set_user_attr(names.FAIL_KIND, kind)
+        trial.set_user_attr(names.FAIL_REASON, reason)
+        return kind, reason
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return names.LOST, "failed by another worker for a stale heartbeat while it still ran"
+
+
 def _fail(trial: optuna.Trial, ctx: TrialContext, run_id: Optional[str], kind: str, reason: str,
           error_text: Optional[str] = None):
     """Record the trial's failure in Optuna, then in MLflow (its error.txt too), and end the trial. Exception
     texts can hold a URL with its password: they are masked before they are written anywhere."""
-    reason = redact_text(reason)
-    try:
-        trial.set_user_attr(names.FAIL_KIND, kind)
-        trial.set_user_attr(names.FAIL_REASON, reason)
-    except optuna.exceptions.UpdateFinishedTrialError:
-        # Failed already as `lost` by another worker (this one's heartbeat stalled past the grace period); it
-        # is retried there. Close this run all the same.
-        kind, reason = names.LOST, "failed by another worker for a stale heartbeat while it still ran"
+    kind, reason = _record_failure(trial, kind, redact_text(reason))
     if error_text is not None and run_id is not None:
         try:
             ctx.tracker.log_text(run_id, redact_text(error_text), names.ERROR_ARTIFACT)
@@ -156,14 +160,8 @@ def _fail(trial: optuna.Trial, ctx: TrialContext, run_id: Optional[str], kind: s
 def _record_interrupted(trial: optuna.Trial, ctx: TrialContext, run_id: Optional[str]) -> None:
     """Ctrl-C or SIGTERM, wherever it lands in the trial: Optuna fails the trial, MLflow must too, and the
     checkpoint stays: the next run of the sweep resumes from it."""
-    reason = "interrupted (Ctrl-C, SIGTERM, or its launcher ended)"
-    try:
-        trial.set_user_attr(names.FAIL_KIND, names.INTERRUPTED)
-        trial.set_user_attr(names.FAIL_REASON, reason)
-    except optuna.exceptions.UpdateFinishedTrialError:
-        pass
-    _finish_run(ctx, run_id, "FAILED", {names.STATE_TAG: "FAIL", names.FAIL_KIND: names.INTERRUPTED,
-                                        names.FAIL_REASON: reason})
+    kind, reason = _record_failure(trial, names.INTERRUPTED, "interrupted (Ctrl-C, SIGTERM, or its launcher ended)")
+    _finish_run(ctx, run_id, "FAILED", {names.STATE_TAG: "FAIL", names.FAIL_KIND: kind, names.FAIL_REASON: reason})
 
 
 def run_trial(trial: optuna.Trial, ctx: TrialContext, n_trials: int) -> float:
@@ -178,10 +176,7 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext, n_trials: int) -> float:
 
 def _run_trial(trial: optuna.Trial, ctx: TrialContext, n_trials: int) -> float:
     if surplus(trial.study, trial.number, n_trials):
-        reason = "the budget was taken by other workers' trials"
-        trial.set_user_attr(names.FAIL_KIND, names.SURPLUS)
-        trial.set_user_attr(names.FAIL_REASON, reason)
-        raise TrialFailed(names.SURPLUS, reason)
+        raise TrialFailed(*_record_failure(trial, names.SURPLUS, "the budget was taken by other workers' trials"))
     fixed = json.loads(trial.user_attrs.get(names.FIXED, "{}"))  # a baseline's exact values
     values = suggest(trial, ctx.base.space, fixed)
     trial.set_user_attr(names.VALUES, json.dumps(values))

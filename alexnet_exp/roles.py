@@ -111,9 +111,14 @@ def join_study(config: RunConfig, storage_url: str, storage, sampler, pruner, tr
     return SweepStudy(config, storage_url, study, tracker, study.user_attrs[names.PARENT_RUN_ID])
 
 
-def requeue(run: SweepStudy) -> int:
-    """Queue the study's interrupted trials to resume (once, whoever calls it first): what a worker joining a
-    study after a scancel or a preemption does, without waiting for a new set-up step."""
+def prepare_to_join(run: SweepStudy) -> int:
+    """What a scheduler's worker does before its trials, when budget is left (after a scancel or a preemption,
+    without waiting for a new set-up step): reopen the parent run, and queue the interrupted trials to resume
+    (once, whoever gets the lock first). Returns how many it queued."""
+    if budget_state(run.study)[0] >= run.config.study.n_trials:
+        return 0
+    if run.tracker.run_status(run.parent_id) not in (None, "RUNNING"):
+        run.tracker.reopen(run.parent_id)
     with study_lock(run.storage_url, run.name):
         return requeue_interrupted(run.study)
 

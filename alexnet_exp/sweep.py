@@ -29,7 +29,7 @@ from .pipeline import DataCache
 from .processes import gpu_list, python_command, supervise, watch_launcher
 from .redaction import redact_text, redact_url
 from .retries import retry_transient
-from .roles import (SweepStudy, close_parent, finish_study, join_study, requeue, run_worker, setup_study,
+from .roles import (SweepStudy, close_parent, finish_study, join_study, prepare_to_join, run_worker, setup_study,
                     trial_counts)
 from .samplers import make_pruner, make_sampler
 from .space import suggest
@@ -229,11 +229,8 @@ def _join(run: SweepStudy, cache: DataCache, run_tags: dict, quiet: bool) -> int
     """A worker started by a scheduler (`--join`). The parent run is open while trials may run: reopened when a
     worker joins a study with budget left, closed as KILLED when the last worker is stopped (scancel,
     preemption) with budget left; the finish step closes it for good."""
-    if budget_state(run.study)[0] < run.config.study.n_trials:
-        if run.tracker.run_status(run.parent_id) not in (None, "RUNNING"):
-            run.tracker.reopen(run.parent_id)
-        if requeue(run):
-            print("interrupted trial(s) queued to resume", flush=True)
+    if prepare_to_join(run):
+        print("interrupted trial(s) queued to resume", flush=True)
     why = run_worker(run, cache, run_tags, quiet)
     if why == "interrupted" and close_parent(run, "KILLED"):
         print("stopped with budget left: parent run closed as KILLED until workers join again", file=sys.stderr)
