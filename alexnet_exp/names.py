@@ -19,6 +19,10 @@ MLFLOW_RUN_ID = "mlflow_run_id"
 WORKER_PID = "worker_pid"
 WORKER_HOST = "worker_host"
 RESUMED_FROM_EPOCH = "resumed_from_epoch"
+REPEAT_OF = "repeat_of"  # a repeat (study.repeats): the number of the search trial whose configuration it retrains
+REPORTED = "reported"  # a baseline's figures as its source document reported them (JSON: accuracy, macro_f1, ...)
+EPOCH_BUDGET = "epoch_budget"  # the trial's own train.epochs (pruning ranks trials of one budget together)
+WARMUP_EPOCHS = "warmup_epochs"  # epochs of its own schedule before the pruner may judge the trial
 # What a trial's end wrote: a retry (same parameters, new trial) must not inherit it.
 OUTCOME_ATTRS = (FAIL_KIND, FAIL_REASON, PRUNED_AT_EPOCH, EPOCHS_RUN, MLFLOW_RUN_ID, WORKER_PID, WORKER_HOST,
                  RESUMED_FROM_EPOCH)
@@ -32,6 +36,7 @@ PARENT_RUN_ID = "mlflow_parent_run_id"
 BASELINES_ENQUEUED = "baselines_enqueued"
 TEST_EVALUATED_TRIAL = "test_evaluated_trial"
 TEST_METRICS = "test_metrics"
+REPEATS_PLAN = "repeats_plan"  # JSON {search trial number: [seeds]}: the configurations retrained with more seeds
 ENVIRONMENT = "environment"  # the latest invocation: command (redacted), versions, device
 
 # ---- why a trial failed (FAIL_KIND) -------------------------------------------------------------------------
