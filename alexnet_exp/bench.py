@@ -27,8 +27,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .augment import BatchAugmenter, color_stats
+from .config import TrainConfig
 from .host_memory import keep_freed_memory
 from .model import ChannelSumLRN, build_model
+from .pipeline import fit_settings
 from .train import evaluate, fit, resolve_device
 
 CIFAR_TRAIN, CIFAR_VAL = 45_000, 5_000  # a CIFAR-100-sized epoch: train split + validation
@@ -67,8 +69,9 @@ def project_pipeline(arch: str, size: int, images: torch.Tensor, labels: torch.T
     stats = color_stats(images[:2048])
     augmenter = BatchAugmenter(stats=stats, input_size=size, crop_padding=4, flip=True, normalize="dataset")
     model = build_model(arch, 100, norm="lrn", input_size=size)
-    result = fit(model, images, labels, images[:batch], labels[:batch], augmenter, 100, optimizer="sgd",
-                 lr=0.01, batch_size=batch, epochs=2, stall_epochs=99, compile=compile_model)
+    settings = fit_settings(TrainConfig(optimizer="sgd", lr=0.01, batch_size=batch, epochs=2, stall_epochs=99,
+                                        compile=compile_model))
+    result = fit(model, images, labels, images[:batch], labels[:batch], augmenter, 100, settings)
     train_rate = result.history[-1].images_per_second
     evaluate(model, images[:batch * 2], labels[:batch * 2], augmenter, 100, batch_size=batch * 2)  # warm-up
     sync(images.device)

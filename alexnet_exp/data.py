@@ -195,9 +195,11 @@ def _locate_cifar(layout: CifarLayout, root: Path, download: bool, checksums: di
     return folder
 
 
-def load_cifar(variant: str, root: str | Path, download: bool = False,
+def load_cifar(variant: str, root: str | Path, *, download: bool,
                checksums: Optional[dict[str, Optional[str]]] = None):
     """Read CIFAR-10/100 from the official python layout: ((train_x, train_y), (test_x, test_y), names).
+    `download`: fetch the archive when neither it nor its folder is in `root` (no default: a network access is
+    the caller's choice; `data.download` in the config).
 
     Every file is md5-checked against `checksums` (default: the official sums) before it is read, so a
     corrupt file is refused with its name and nothing is half-loaded.
@@ -274,13 +276,14 @@ def _load_digits():
     return (x[train_idx], y[train_idx]), (x[test_idx], y[test_idx]), [str(d) for d in range(10)]
 
 
-def load_dataset(dataset: str, root: str = "data", download: bool = False, val_fraction: float = 0.1,
+def load_dataset(dataset: str, *, root: str = "data", download: bool = True, val_fraction: float = 0.1,
                  split_seed: int = 0, max_train: Optional[int] = None, max_val: Optional[int] = None,
                  synthetic_classes: int = 10, synthetic_train_size: int = 5000, synthetic_test_size: int = 1000,
                  checksums: Optional[dict[str, Optional[str]]] = None) -> ImageData:
-    """Load a dataset on the CPU (call `.to(device)` to move it) with its validation split."""
+    """Load a dataset on the CPU (call `.to(device)` to move it) with its validation split. The defaults are
+    the `data:` section's (config.py); `pipeline.dataset_kwargs` passes every one of them from the config."""
     if dataset in ("cifar10", "cifar100"):
-        (tx, ty), (sx, sy), names = load_cifar(dataset, root, download, checksums)
+        (tx, ty), (sx, sy), names = load_cifar(dataset, root, download=download, checksums=checksums)
     elif dataset == "synthetic":
         tx, ty = make_synthetic(synthetic_train_size, synthetic_classes, seed=0)
         sx, sy = make_synthetic(synthetic_test_size, synthetic_classes, seed=1)

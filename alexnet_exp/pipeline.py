@@ -1,5 +1,9 @@
 """From validated config sections to the parts of a run: data on the device, augmenter, model, fit.
 
+One explicit adapter per section (`dataset_kwargs`, `make_augmenter`, `make_model`, `fit_settings`) names every
+key it passes on, so that a config key reaches the core only where it is wired, and a new key that is not
+wired fails the tests (tests/test_pipeline.py) instead of being dropped or passed on by name.
+
 Shared by the single-run CLI and the sweep's workers. A `DataCache` keeps datasets and their colour statistics
 in memory so that a worker loads each dataset once, whatever number of trials it runs.
 """
@@ -14,9 +18,25 @@ from .config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConf
 from .data import ImageData, load_dataset
 from .architecture import ARCH_INPUT_SIZE
 from .model import AlexNet, build_model
-from .train import EpochMetrics, FitResult, fit
+from .train import EpochMetrics, FitResult, FitSettings, fit
 
-FIT_KEYS = tuple(k for k in TrainConfig.model_fields if k != "device")
+
+def dataset_kwargs(cfg: DataConfig) -> dict:
+    """`load_dataset`'s arguments from the `data:` section."""
+    return dict(dataset=cfg.dataset, root=cfg.root, download=cfg.download, val_fraction=cfg.val_fraction,
+                split_seed=cfg.split_seed, max_train=cfg.max_train, max_val=cfg.max_val,
+                synthetic_classes=cfg.synthetic_classes, synthetic_train_size=cfg.synthetic_train_size,
+                synthetic_test_size=cfg.synthetic_test_size)
+
+
+def fit_settings(cfg: TrainConfig) -> FitSettings:
+    """`fit`'s settings from the `train:` section; `device` is not among them: the data is moved there first."""
+    return FitSettings(optimizer=cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                       weight_decay=cfg.weight_decay, batch_size=cfg.batch_size, epochs=cfg.epochs,
+                       schedule=cfg.schedule, step_epochs=cfg.step_epochs, lr_factor=cfg.lr_factor,
+                       plateau_patience=cfg.plateau_patience, label_smoothing=cfg.label_smoothing, seed=cfg.seed,
+                       eval_batch_size=cfg.eval_batch_size, stall_epochs=cfg.stall_epochs,
+                       loss_every_steps=cfg.loss_every_steps, compile=cfg.compile)
 
 
 class DataCache:
@@ -28,7 +48,7 @@ class DataCache:
 
     def get(self, cfg: DataConfig) -> tuple[ImageData, ColorStats]:
         if cfg not in self._cache:
-            data = load_dataset(**cfg.model_dump()).to(self.device)
+            data = load_dataset(**dataset_kwargs(cfg)).to(self.device)
             self._cache[cfg] = (data, color_stats(data.train_x))
         return self._cache[cfg]
 
@@ -39,7 +59,8 @@ def input_size(model_cfg: ModelConfig, augment_cfg: AugmentConfig) -> int:
 
 def make_augmenter(cfg: AugmentConfig, stats: ColorStats, size: int) -> BatchAugmenter:
     return BatchAugmenter(stats=stats, input_size=size, crop_padding=cfg.crop_padding if cfg.crop else 0,
-                          flip=cfg.flip, pca_sigma=cfg.pca_color, normalize=cfg.normalize)
+                          flip=cfg.flip, pca_sigma=cfg.pca_color, normalize=cfg.normalize,
+                          pre_resize=cfg.pre_resize)
 
 
 def make_model(cfg: ModelConfig, num_classes: int, size: int, seed: int,
@@ -47,7 +68,7 @@ def make_model(cfg: ModelConfig, num_classes: int, size: int, seed: int,
     torch.manual_seed(seed)  # the same seed gives the same initial weights (per device type)
     with device:  # initialise where it trains: the paper net's 60M weights take 0.65 s on a 2-core CPU
         return build_model(cfg.arch, num_classes, norm=cfg.norm, groups=cfg.groups, dropout=cfg.dropout,
-                           width=cfg.width, init=cfg.init, input_size=size)
+                           width=cfg.width, init=cfg.init, input_size=size, dropout_at=cfg.dropout_at)
 
 
 def train_run(config: RunConfig, cache: DataCache, on_epoch: Optional[Callable[[EpochMetrics], None]] = None,
@@ -58,7 +79,7 @@ def train_run(config: RunConfig, cache: DataCache, on_epoch: Optional[Callable[[
     size = input_size(config.model, config.augment)
     augmenter = make_augmenter(config.augment, stats, size)
     model = make_model(config.model, data.num_classes, size, config.train.seed, data.train_x.device)
-    hp = {k: getattr(config.train, k) for k in FIT_KEYS}
     result = fit(model, data.train_x, data.train_y, data.val_x, data.val_y, augmenter, data.num_classes,
-                 on_epoch=on_epoch, on_batch=on_batch, on_checkpoint=on_checkpoint, resume=resume, **hp)
+                 fit_settings(config.train), on_epoch=on_epoch, on_batch=on_batch, on_checkpoint=on_checkpoint,
+                 resume=resume)
     return model, result

@@ -1,4 +1,4 @@
-"""Samplers and pruners by name, and the rule that makes many processes sample as one sampler would.
+"""Samplers by name (pruners: pruning.py), and the rule that makes many processes sample as one sampler would.
 
 Randomness is a function of (study seed, trial number), never of the process: every trial's sampler is seeded
 with `trial_seed(seed, trial.number)`. Trial numbers are unique in a study, so workers and launchers that start
@@ -15,7 +15,8 @@ import numpy as np
 import optuna
 from optuna.samplers import BaseSampler, GridSampler, QMCSampler
 
-from .config import CategoricalParam, ConfigError, FloatParam, IntParam, SpaceParam
+from .config import CategoricalParam, ConfigError, FloatParam, IntParam
+from .space_params import SpaceEntry, branches, optuna_name
 
 # TPE's constant liar (our default, for parallel workers) is marked experimental.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -87,16 +88,17 @@ class _TrialSeededGrid(GridSampler):
         super().before_trial(study, trial)
 
 
-def grid_points(space: dict[str, SpaceParam]) -> dict[str, list]:
+def grid_points(space: dict[str, SpaceEntry]) -> dict[str, list]:
     grid = {}
-    for path, param in space.items():
+    for path, entry, param in ((p, e, b) for p, e in space.items() for b in branches(e)):
+        name = optuna_name(path, entry, param)
         if isinstance(param, CategoricalParam):
-            grid[path] = list(param.choices)
+            grid[name] = list(param.choices)
         elif isinstance(param, IntParam) and not param.log:
-            grid[path] = list(range(param.low, param.high + 1, param.step))
+            grid[name] = list(range(param.low, param.high + 1, param.step))
         elif isinstance(param, FloatParam) and param.step is not None:
             n = int(round((param.high - param.low) / param.step))
-            grid[path] = [param.low + i * param.step for i in range(n + 1)]
+            grid[name] = [param.low + i * param.step for i in range(n + 1)]
         else:
             raise ConfigError("study.sampler", [f"space.{path}: the grid sampler needs categorical choices, "
                                                 f"an int range or a float with step"])
@@ -104,7 +106,7 @@ def grid_points(space: dict[str, SpaceParam]) -> dict[str, list]:
 
 
 def make_sampler(name: str, options: dict[str, Any], seed: Optional[int],
-                 space: dict[str, SpaceParam]) -> BaseSampler:
+                 space: dict[str, SpaceEntry]) -> BaseSampler:
     """The named Optuna sampler, seeded per trial (see the module's docstring). `seed: None` draws a random
     study seed in each process: trials then differ from run to run and still from worker to worker."""
     samplers = optuna.samplers
@@ -127,23 +129,3 @@ def make_sampler(name: str, options: dict[str, Any], seed: Optional[int],
         return TrialSeededSampler(per_trial[name], study_seed)
     except (TypeError, ValueError, ImportError) as exc:
         raise ConfigError("study.sampler_options", [f"study.sampler_options for {name}: {exc}"]) from None
-
-
-def make_pruner(name: str, options: dict[str, Any], epochs: int) -> optuna.pruners.BasePruner:
-    pruners = optuna.pruners
-    # Defaults that suit epoch-level reports (steps are 1-based epochs): never judge the noisy first epoch,
-    # and only once 3 trials have finished.
-    factories = {
-        "median": lambda: pruners.MedianPruner(**{"n_startup_trials": 3, "n_warmup_steps": 2, **options}),
-        "percentile": lambda: pruners.PercentilePruner(
-            **{"percentile": 25.0, "n_startup_trials": 3, "n_warmup_steps": 2, **options}),
-        "successive_halving": lambda: pruners.SuccessiveHalvingPruner(**options),
-        "hyperband": lambda: pruners.HyperbandPruner(**{"min_resource": 1, "max_resource": epochs, **options}),
-        "none": lambda: pruners.NopPruner(),
-    }
-    if name not in factories:
-        raise ConfigError("study.pruner", [f"study.pruner: {name!r}; valid: {', '.join(factories)}"])
-    try:
-        return factories[name]()
-    except (TypeError, ValueError) as exc:
-        raise ConfigError("study.pruner_options", [f"study.pruner_options for {name}: {exc}"]) from None

@@ -10,7 +10,7 @@ from cifar_fixture import pack, write_cifar
 
 def test_cifar10_folder_layout_loads(tmp_path):
     sums = write_cifar(tmp_path, "cifar10", train_per_file=40, test_size=30)
-    (tx, ty), (sx, sy), names = load_cifar("cifar10", tmp_path, checksums=sums)
+    (tx, ty), (sx, sy), names = load_cifar("cifar10", tmp_path, download=False, checksums=sums)
     assert tx.shape == (200, 3, 32, 32) and tx.dtype == np.uint8
     assert ty.shape == (200,) and sx.shape == (30, 3, 32, 32) and len(sy) == 30
     assert names == [f"label_{i}" for i in range(10)]
@@ -19,7 +19,7 @@ def test_cifar10_folder_layout_loads(tmp_path):
 def test_cifar_pixels_are_read_in_channel_major_order(tmp_path):
     sums = write_cifar(tmp_path, "cifar10", train_per_file=10, test_size=10)
     raw = pickle.loads((tmp_path / "cifar-10-batches-py" / "data_batch_1").read_bytes())
-    (tx, _), _, _ = load_cifar("cifar10", tmp_path, checksums=sums)
+    (tx, _), _, _ = load_cifar("cifar10", tmp_path, download=False, checksums=sums)
     # Official rows: 1024 red values, then green, then blue, each row-major.
     assert tx[0, 1, 0, 5] == raw[b"data"][0][1024 + 5]
     assert tx[0, 2, 3, 0] == raw[b"data"][0][2048 + 3 * 32]
@@ -43,16 +43,16 @@ def test_truncated_file_is_refused_with_its_name(tmp_path):
     victim = tmp_path / "cifar-10-batches-py" / "data_batch_3"
     victim.write_bytes(victim.read_bytes()[:1000])
     with pytest.raises(DataError, match="data_batch_3.*md5"):
-        load_cifar("cifar10", tmp_path, checksums=sums)
+        load_cifar("cifar10", tmp_path, download=False, checksums=sums)
     # Without a checksum the reader still refuses the file whole rather than loading part of it.
     with pytest.raises(DataError, match="data_batch_3.*not a readable CIFAR batch"):
-        load_cifar("cifar10", tmp_path, checksums={})
+        load_cifar("cifar10", tmp_path, download=False, checksums={})
 
 
 def test_official_checksums_are_enforced(tmp_path):
     write_cifar(tmp_path, "cifar10", train_per_file=5, test_size=5)
     with pytest.raises(DataError, match="md5"):
-        load_cifar("cifar10", tmp_path)  # the fixture is not the official data
+        load_cifar("cifar10", tmp_path, download=False)  # the fixture is not the official data
 
 
 def test_corrupt_archive_is_refused(tmp_path):
@@ -60,7 +60,7 @@ def test_corrupt_archive_is_refused(tmp_path):
     archive = pack(tmp_path / "src", "cifar10")
     (tmp_path / archive.name).write_bytes(archive.read_bytes()[:200])
     with pytest.raises(DataError, match="cifar-10-python.tar.gz"):
-        load_cifar("cifar10", tmp_path, checksums={})
+        load_cifar("cifar10", tmp_path, download=False, checksums={})
 
 
 def test_pickle_with_code_is_refused(tmp_path):
@@ -73,7 +73,7 @@ def test_pickle_with_code_is_refused(tmp_path):
     write_cifar(tmp_path, "cifar10", train_per_file=5, test_size=5)
     (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(pickle.dumps(Evil()))
     with pytest.raises(DataError, match="test_batch.*unexpected object"):
-        load_cifar("cifar10", tmp_path, checksums={})
+        load_cifar("cifar10", tmp_path, download=False, checksums={})
 
 
 def test_missing_data_offline_says_where_to_put_it(tmp_path):
@@ -108,7 +108,7 @@ def test_stratified_split_is_disjoint_complete_and_proportional():
 
 def test_validation_split_is_carved_from_training_and_test_is_untouched(tmp_path):
     sums = write_cifar(tmp_path, "cifar10", train_per_file=100, test_size=50)
-    (tx, _), (sx, _), _ = load_cifar("cifar10", tmp_path, checksums=sums)
+    (tx, _), (sx, _), _ = load_cifar("cifar10", tmp_path, download=False, checksums=sums)
     data = load_dataset("cifar10", root=str(tmp_path), checksums=sums, val_fraction=0.1)
     assert len(data.val_y) == 50 and len(data.train_y) == 450
     train_rows = {bytes(r) for r in data.train_x.numpy().reshape(450, -1)}

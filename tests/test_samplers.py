@@ -1,53 +1,11 @@
-"""Samplers and pruners by name: what the YAML's study.sampler / study.pruner build, and their errors."""
-import optuna
+"""Samplers by name: what the YAML's study.sampler builds, and its errors (pruners: test_pruning.py)."""
 import pytest
 
 from alexnet_exp.config import ConfigError, config_from_dict
-from alexnet_exp.samplers import grid_points, make_pruner, make_sampler
+from alexnet_exp.samplers import grid_points, make_sampler
 
 
-def test_median_pruner_defaults_spare_the_first_epoch():
-    pruner = make_pruner("median", {}, epochs=10)
-    study = optuna.create_study(direction="maximize", pruner=pruner)
-    for value in (0.5, 0.6, 0.7):  # the 3 startup trials
-        trial = study.ask()
-        for epoch in range(1, 6):
-            trial.report(value, epoch)
-        study.tell(trial, value)
-    hopeless = study.ask()
-    hopeless.report(0.01, 1)
-    assert not hopeless.should_prune()  # the noisy first epoch is never judged
-    hopeless.report(0.01, 2)
-    assert hopeless.should_prune()
-
-
-def test_a_pruner_needs_three_finished_trials_by_default():
-    study = optuna.create_study(direction="maximize", pruner=make_pruner("median", {}, epochs=10))
-    for value in (0.5, 0.6):
-        trial = study.ask()
-        for epoch in range(1, 6):
-            trial.report(value, epoch)
-        study.tell(trial, value)
-    hopeless = study.ask()
-    for epoch in range(1, 6):
-        hopeless.report(0.01, epoch)
-    assert not hopeless.should_prune()
-
-
-@pytest.mark.parametrize("name,kind", [("median", optuna.pruners.MedianPruner),
-                                       ("percentile", optuna.pruners.PercentilePruner),
-                                       ("successive_halving", optuna.pruners.SuccessiveHalvingPruner),
-                                       ("hyperband", optuna.pruners.HyperbandPruner),
-                                       ("none", optuna.pruners.NopPruner)])
-def test_pruners_by_name(name, kind):
-    assert isinstance(make_pruner(name, {}, epochs=10), kind)
-
-
-def test_bad_pruner_and_sampler_names_and_options_are_config_errors():
-    with pytest.raises(ConfigError, match="study.pruner: 'asha'; valid: median, percentile"):
-        make_pruner("asha", {}, 10)
-    with pytest.raises(ConfigError, match="study.pruner_options for median"):
-        make_pruner("median", {"n_warmup": 2}, 10)
+def test_bad_sampler_names_and_options_are_config_errors():
     space = config_from_dict({"space": {"train.lr": {"type": "float", "low": 0.01, "high": 0.1}}}).space
     with pytest.raises(ConfigError, match="study.sampler: 'annealing'; valid: tpe, random, gp, cmaes, qmc, grid"):
         make_sampler("annealing", {}, 0, space)

@@ -26,3 +26,20 @@ def test_bad_config_fails_before_any_work(tmp_path):
     assert proc.returncode == 2
     assert "train.lr" in proc.stderr and "train.batchsize" in proc.stderr and "batch_size" in proc.stderr
     assert "epoch" not in proc.stdout  # nothing trained
+
+
+def test_the_training_core_imports_no_command_line():
+    """`python -m alexnet_exp.train` runs the package's __main__.py; the core itself never imports the command
+    that imports it (the old `if __name__ == "__main__"` block in train.py made a cycle)."""
+    code = ("import sys, alexnet_exp.train, alexnet_exp.pipeline, alexnet_exp.objective; "
+            "print(sorted(m for m in sys.modules if m.startswith('alexnet_exp.') and "
+            "m.split('.')[1] in ('single_run', 'sweep', 'plots', 'report', 'report_figures', 'report_data')))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"  # neither the CLIs nor a report module on the training side
+    # Nor anywhere in its source, however deep (an import inside `if __name__ == "__main__":` counts).
+    import ast
+
+    tree = ast.parse((ROOT / "alexnet_exp" / "train" / "__init__.py").read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    assert not imported & {"single_run", "pipeline", "objective", "sweep"}, imported

@@ -1,4 +1,7 @@
-"""Figures written as PNG files (matplotlib's Agg backend: no display needed)."""
+"""Figures written as PNG files (matplotlib's Agg backend: no display needed), shared by both sides: the trial
+side draws each complete trial's confusion matrix (objective.py), the report its figures (report_*.py). A leaf:
+it imports nothing of this package, so the training side never imports a report module.
+"""
 from __future__ import annotations
 
 from pathlib import Path
