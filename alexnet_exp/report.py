@@ -7,82 +7,24 @@ MLflow parent run as artifacts. Works on running studies (a snapshot) and on stu
 from __future__ import annotations
 
 import argparse
-import base64
-import html
-import math
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional
 
 import pandas as pd
 
 from . import names
 from .redaction import redact_url
 from . import report_figures as figures
-from .report_data import REFERENCE_RESULTS, StudyData, discover_studies, load_study_data, trials_frame
+from . import report_study_figures as study_figures
+from .report_data import StudyData, discover_studies, load_study_data, trials_frame
+from .report_noise import configurations, labels_by_trial, noise_blocks
+from .report_references import reference_blocks, reported_blocks
+from .report_render import Block, Figure, fmt as _fmt, render_html, render_markdown
 
-
-@dataclass
-class Figure:
-    path: Path
-    caption: str
-
-
-Block = Union[str, pd.DataFrame, Figure]  # a str starting with "#" is a heading, any other a paragraph
-
-
-def _fmt(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def _md_table(frame: pd.DataFrame) -> str:
-    head = "| " + " | ".join(map(str, frame.columns)) + " |"
-    rule = "|" + "---|" * len(frame.columns)
-    rows = ["| " + " | ".join(_fmt(v).replace("|", "/") for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([head, rule, *rows])
-
-
-def render_markdown(blocks: list[Block]) -> str:
-    out = []
-    for block in blocks:
-        if isinstance(block, pd.DataFrame):
-            out.append(_md_table(block))
-        elif isinstance(block, Figure):
-            out.append(f"![{block.caption}]({block.path.name})\n\n*{block.caption}*")
-        else:
-            out.append(block)
-    return "\n\n".join(out) + "\n"
-
-
-def render_html(blocks: list[Block], title: str) -> str:
-    """One file with the figures embedded (data URIs), so it can be mailed or archived as it is."""
-    body = []
-    for block in blocks:
-        if isinstance(block, pd.DataFrame):
-            body.append(block.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}", border=0,
-                                      classes="trials"))
-        elif isinstance(block, Figure):
-            data = base64.b64encode(block.path.read_bytes()).decode()
-            body.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(block.path.name)}">'
-                        f"<figcaption>{html.escape(block.caption)}</figcaption></figure>")
-        elif block.startswith("#"):
-            level = len(block) - len(block.lstrip("#"))
-            body.append(f"<h{level}>{html.escape(block.lstrip('#').strip())}</h{level}>")
-        else:
-            text = html.escape(block).replace("\n", "<br>\n")
-            body.append(f"<p>{text}</p>")
-    style = ("body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}"
-             "table.trials{border-collapse:collapse;font-size:13px}table.trials td,table.trials th"
-             "{padding:3px 8px;border-bottom:1px solid #ddd;text-align:left}figure{margin:1.5em 0}"
-             "img{max-width:100%}figcaption{color:#555;font-size:13px}")
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+# Below this many complete trials, fANOVA's importances are mostly noise (issue 12).
+IMPORTANCE_MIN_TRIALS = 10
 
 
 def _header(data: StudyData) -> list[Block]:
@@ -104,9 +46,12 @@ def _header(data: StudyData) -> list[Block]:
                 f"{data.test_metrics['test_accuracy']:.4f}, macro-F1 {data.test_metrics['test_macro_f1']:.4f}."
                 if data.test_metrics else " Not yet evaluated on the held-out test split (the sweep does it "
                                           "when it ends).")
-        lines.append(f"**Best trial {best.number}**{f' ({best.baseline})' if best.baseline else ''}: "
-                     f"{data.metric} {best.value:.4f}; validation accuracy {_fmt(best.last('val_accuracy'))}, "
-                     f"macro-F1 {_fmt(best.last('val_macro_f1'))}.{test}")
+        what = ", ".join(([best.baseline] if best.baseline else [])
+                         + ([f"a repeat of trial {best.repeat_of}"] if best.repeat_of is not None else []))
+        curves = "".join(f", validation {label} {best.last(metric):.4f}" for metric, label in
+                         (("val_accuracy", "accuracy"), ("val_macro_f1", "macro-F1")) if best.last(metric) is not None)
+        lines.append(f"**Best trial {best.number}**{f' ({what})' if what else ''}: "
+                     f"{data.metric} {best.value:.4f}{curves}.{test}")
         lines.append("Parameters: " + ", ".join(f"`{k}={_fmt(v)}`" for k, v in best.values.items()))
     env = data.environment
     if env:
@@ -116,33 +61,20 @@ def _header(data: StudyData) -> list[Block]:
     return lines
 
 
-def _references(data: StudyData) -> list[Block]:
-    refs = REFERENCE_RESULTS.get(data.dataset)
-    if not refs:
-        return []
-    rows = [{"result": f"{r['source']} (reported in the seed document, not rerun; its test split)",
-             "accuracy": r["accuracy"], "macro_f1": r["macro_f1"]} for r in refs]
-    best = data.best()
-    if best is not None:
-        rows.append({"result": f"this sweep, best trial {best.number}: validation split",
-                     "accuracy": best.last("val_accuracy"), "macro_f1": best.last("val_macro_f1")})
-        if data.test_metrics:
-            rows.append({"result": f"this sweep, best trial {best.number}: held-out test split",
-                         "accuracy": data.test_metrics["test_accuracy"],
-                         "macro_f1": data.test_metrics["test_macro_f1"]})
-    return ["## Reference results", pd.DataFrame(rows)]
-
-
 def study_report(data: StudyData, out_dir: Path, weights_root: Path = names.SWEEPS_DIR) -> list[Path]:
     """Write one study's report; return the files written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("*.png"):  # a figure that cannot be drawn any more must not linger
         old.unlink()
-    table = trials_frame(data)
+    configs = configurations(data)
+    table = trials_frame(data, labels_by_trial(configs))
     table.to_csv(out_dir / "trials.csv", index=False)
-    blocks: list[Block] = _header(data) + _references(data)
-    blocks += ["## Trials", f"One row per trial, complete trials first by {data.metric}; the same table is in "
-                            f"trials.csv.", table if not table.empty else "No trials yet."]
+    blocks: list[Block] = _header(data) + reference_blocks(data) + reported_blocks(data, configs)
+    blocks += noise_blocks(data, configs)
+    blocks += ["## Trials", f"One row per trial with every parameter it set (blank: inactive under its conditions), "
+                            f"complete trials first by {data.metric}; `vs_best` marks the configurations that "
+                            f"cannot be told apart from the best. The same table is in trials.csv.",
+               table if not table.empty else "No trials yet."]
     blocks.append("## Figures")
     missing = []
 
@@ -160,6 +92,20 @@ def study_report(data: StudyData, out_dir: Path, weights_root: Path = names.SWEE
         "Optimisation history: the objective of each trial and the best so far")
     path, why = figures.importance(data, out_dir / "importance.png")
     add(path, "Hyperparameter importance (Optuna's fANOVA)", why or "nothing to draw yet")
+    complete = sum(1 for t in data.trials if t.value is not None)
+    if path is not None and complete < IMPORTANCE_MIN_TRIALS:
+        blocks.append(f"**Warning**: these importances rest on {complete} complete trial(s), fewer than "
+                      f"{IMPORTANCE_MIN_TRIALS}; read them as a hint, not a finding.")
+    path, why = study_figures.parallel_coordinates(data, out_dir / "parallel_coordinates.png")
+    add(path, "Parallel coordinates: every sampled parameter of the complete trials, coloured by the objective",
+        why)
+    paths, why = study_figures.slices(data, out_dir)
+    for i, path in enumerate(paths):
+        add(path, f"Slice plots ({i + 1}/{len(paths)}): the objective against each sampled parameter")
+    if not paths:
+        add(None, "Slice plots", why)
+    path, why = study_figures.timeline(data, out_dir / "timeline.png")
+    add(path, "Timeline: the trials of each worker (host:pid) from start to end", why)
     add(figures.by_choice(data, table, out_dir / "by_choice.png"),
         "The objective by each categorical choice (complete trials; line: median)",
         "no categorical choice varies across complete trials")

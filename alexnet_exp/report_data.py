@@ -17,17 +17,10 @@ from optuna.trial import TrialState
 
 from . import names
 from .config import ConfigError, RunConfig, config_from_dict, parse_yaml
+from .repeats import config_groups, load_plan
 from .tracking import resolve_tracking_uri
 
 CURVES = ("train_loss", "val_loss", "val_accuracy", "val_macro_f1")
-
-# Results the seed documents report for their hand-tuned runs (test split, not rerun here).
-REFERENCE_RESULTS = {
-    "cifar100": [{"source": "CIFAR-100 notebook, run 7 (hand-tuned, 20 epochs)", "accuracy": 0.482,
-                  "macro_f1": 0.473}],
-    "cifar10": [{"source": "CIFAR-10 notebook (reduced AlexNet)", "accuracy": 0.7082, "macro_f1": 0.6436}],
-}
-
 
 @dataclass
 class TrialRow:
@@ -41,6 +34,11 @@ class TrialRow:
     config: Optional[RunConfig]
     run_id: Optional[str]
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    repeat_of: Optional[int] = None  # a repeat: the search trial whose configuration it retrains with another seed
+    reported: dict[str, Any] = field(default_factory=dict)  # a baseline's figures as its source reported them
+    worker: str = ""  # host:pid of the process that ran it
+    started: Optional[dt.datetime] = None
+    completed: Optional[dt.datetime] = None
 
     def last(self, metric: str) -> Optional[float]:
         points = self.curves.get(metric)
@@ -62,6 +60,7 @@ class StudyData:
     parent_run_id: Optional[str]
     test_metrics: dict[str, float]
     best_number: Optional[int]
+    val_images: Optional[int] = None  # size of the validation split, from a run's logged dataset input
 
     @property
     def dataset(self) -> str:
@@ -157,15 +156,64 @@ def load_study_data(name: str, storage: str, tracking_uri: Optional[str] = None)
                 config = None
         run_id = t.user_attrs.get(names.MLFLOW_RUN_ID)
         value = t.value if t.state == TrialState.COMPLETE else None
-        rows.append(TrialRow(t.number, t.state.name, value, t.user_attrs.get(names.BASELINE, ""), _note(t),
-                             _duration(t), values, config, run_id, _history(client, run_id)))
+        row = TrialRow(t.number, t.state.name, value, t.user_attrs.get(names.BASELINE, ""), _note(t),
+                       _duration(t), values, config, run_id, _history(client, run_id))
+        row.repeat_of = _int_or_none(t.user_attrs.get(names.REPEAT_OF))
+        row.reported = _json_dict(t.user_attrs.get(names.REPORTED))
+        if names.WORKER_PID in t.user_attrs:
+            row.worker = f"{t.user_attrs.get(names.WORKER_HOST, '?')}:{t.user_attrs[names.WORKER_PID]}"
+        row.started, row.completed = t.datetime_start, t.datetime_complete
+        rows.append(row)
     complete = [r for r in rows if r.state == "COMPLETE" and r.value is not None and math.isfinite(r.value)]
-    best_number = study.best_trial.number if complete else None
+    best_number = _chosen_number(study) if complete else None
     test = attrs.get(names.TEST_METRICS, {}) if attrs.get(names.TEST_EVALUATED_TRIAL) == best_number else {}
     return StudyData(name, attrs.get(names.METRIC, "value"), study.direction.name.lower(),
                      base.study.sampler if base else "?", base.study.pruner if base else "?", base,
                      attrs.get(names.ENVIRONMENT, {}), rows, study, tracking_uri, attrs.get(names.PARENT_RUN_ID),
-                     test, best_number)
+                     test, best_number, _validation_images(client, rows))
+
+
+def _chosen_number(study: optuna.Study) -> Optional[int]:
+    """The trial the study chose: with repeats, the search trial of the configuration with the best mean over
+    its seeds (the one evaluated on the test split), else the best single trial."""
+    plan = load_plan(study)
+    groups = config_groups(study, plan) if plan is not None else []
+    if groups:
+        return groups[0].trial.number
+    return study.best_trial.number  # no repeats planned: no repeat trial either
+
+
+def _int_or_none(value: Any) -> Optional[int]:
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _json_dict(text: Any) -> dict[str, Any]:
+    """A JSON user attribute; one written by another version (not JSON, not an object) reads as absent."""
+    if isinstance(text, dict):
+        return text
+    try:
+        found = json.loads(text) if text else {}
+    except (TypeError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _validation_images(client: MlflowClient, rows: list[TrialRow]) -> Optional[int]:
+    """The validation split's size, from the first run that logged its dataset inputs (objective.py logs each
+    split with a profile {"images": N, ...}); one run read, not every one. None when no run has it."""
+    for row in [r for r in rows if r.run_id][:5]:  # a run that failed before logging inputs: try a few
+        try:
+            inputs = client.get_run(row.run_id).inputs
+        except Exception:  # run deleted or store unreachable: the report goes on without the split size
+            return None
+        for item in (inputs.dataset_inputs if inputs else []):
+            if any(tag.key == "mlflow.data.context" and tag.value == "validation" for tag in item.tags):
+                images = _json_dict(item.dataset.profile).get("images")
+                return int(images) if isinstance(images, int) and images > 0 else None
+    return None
 
 
 def _augmentation(config: Optional[RunConfig]) -> str:
@@ -177,21 +225,69 @@ def _augmentation(config: Optional[RunConfig]) -> str:
     return "+".join(parts) or "none"
 
 
-def trials_frame(data: StudyData) -> pd.DataFrame:
-    """The comparison table: one row per trial, best first by the objective."""
+# Always shown (the figures group by them), whether sampled or fixed: short name -> dotted key.
+CORE_PARAMS = {"lr": "train.lr", "optimizer": "train.optimizer", "batch_size": "train.batch_size",
+               "norm": "model.norm", "normalize": "augment.normalize"}
+# Keys another column already shows.
+COVERED = {"train.epochs"}  # the `epochs` column
+
+
+def param_columns(data: StudyData) -> dict[str, str]:
+    """Column name -> dotted key for every parameter a trial of this study set: the core ones, then the space's
+    (sampled), then any other a trial's values hold (a baseline's fixed epochs, a repeat's seed). A column is
+    the key's last part (`lr`, `momentum`) unless two keys or a fixed column share it; then the dotted key."""
+    keys = list(CORE_PARAMS.values()) + list(data.config.space if data.config else [])
+    for t in data.trials:
+        keys += list(t.values)
+    keys = [k for k in dict.fromkeys(keys) if k not in COVERED]
+    short = [k.rsplit(".", 1)[-1] for k in keys]
+    return {(s if short.count(s) == 1 and s not in FIXED_COLUMNS else k): k for s, k in zip(short, keys)}
+
+
+FIXED_COLUMNS = {"trial", "baseline", "repeat_of", "state", "val_macro_f1", "val_accuracy", "vs_best",
+                 "augmentation", "epochs_run", "epochs", "duration_s", "note"}
+
+
+def _resolved(config: Optional[RunConfig], key: str) -> Any:
+    node: Any = config
+    for part in key.split("."):
+        node = getattr(node, part, None)
+    return node
+
+
+def _param_value(t: TrialRow, key: str, sampled: set[str]) -> Any:
+    """What the trial trained with: its own value; blank for a sampled parameter its conditions left inactive
+    (momentum under Adam); else the study's fixed value."""
+    if key in t.values:
+        return t.values[key]
+    if key in sampled or t.config is None:
+        return None
+    return _resolved(t.config, key)
+
+
+def trials_frame(data: StudyData, vs_best: Optional[dict[int, str]] = None) -> pd.DataFrame:
+    """The comparison table: one row per trial with every parameter as a column, best first by the objective.
+    `vs_best`: trial number -> its configuration's standing against the best (report_noise.py)."""
+    columns = param_columns(data)
+    sampled = set(data.config.space) if data.config else set()
+    repeats = any(t.repeat_of is not None for t in data.trials)
     records = []
     for t in data.trials:
         c = t.config
-        records.append({
-            "trial": t.number, "baseline": t.baseline, "state": t.state,
-            data.metric: t.value if t.value is not None else t.last(data.metric),
-            "val_macro_f1": t.last("val_macro_f1"), "val_accuracy": t.last("val_accuracy"),
-            "augmentation": _augmentation(c), "normalize": c.augment.normalize if c else "",
-            "norm": c.model.norm if c else "", "batch_size": c.train.batch_size if c else None,
-            "lr": c.train.lr if c else None, "optimizer": c.train.optimizer if c else "",
-            "epochs_run": len(t.curves.get("val_loss", [])), "epochs": c.train.epochs if c else None,
-            "duration_s": round(t.duration_s, 1) if t.duration_s is not None else None, "note": t.note,
-        })
+        record = {"trial": t.number, "baseline": t.baseline}
+        if repeats:
+            record["repeat_of"] = t.repeat_of
+        record.update({"state": t.state, data.metric: t.value if t.value is not None else t.last(data.metric)})
+        for metric in ("val_macro_f1", "val_accuracy"):  # the objective's own column keeps the trial's value
+            record.setdefault(metric, t.last(metric))
+        if vs_best is not None:
+            record["vs_best"] = vs_best.get(t.number, "")
+        record.update({name: _param_value(t, key, sampled) for name, key in columns.items()})
+        record.update({"augmentation": _augmentation(c), "epochs_run": len(t.curves.get("val_loss", [])),
+                       "epochs": c.train.epochs if c else t.values.get("train.epochs"),
+                       "duration_s": round(t.duration_s, 1) if t.duration_s is not None else None,
+                       "note": t.note})
+        records.append(record)
     frame = pd.DataFrame.from_records(records)
     if frame.empty:
         return frame

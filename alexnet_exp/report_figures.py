@@ -9,7 +9,7 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from .plots import confusion_png, plt
+from .figures_common import confusion_png, plt
 from .report_data import StudyData
 
 STYLE = {"COMPLETE": dict(color="0.55", lw=1.0, ls="-", alpha=0.8),

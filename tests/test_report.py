@@ -1,11 +1,14 @@
 import base64
+import json
 import os
 import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
 
 import optuna
 import pandas as pd
 import pytest
-from mlflow import MlflowClient
 
 from alexnet_exp import report
 from sweep_helpers import mlflow_runs, run_sweep, write_config
@@ -27,7 +30,8 @@ def swept(tmp_path_factory):
         ]
         cfg = write_config(root / "s.yaml", baselines=baselines, train={"epochs": 3, "stall_epochs": 5},
                            study={"name": "tiny", "n_trials": 5, "sampler": "random", "pruner": "median",
-                                  "pruner_options": {"n_startup_trials": 1, "n_warmup_steps": 0}})
+                                  "pruner_options": {"n_startup_trials": 1, "min_warmup_epochs": 1,
+                                                     "warmup_fraction": 0.0}})
         assert run_sweep(root, cfg) == 0
         yield root
     finally:
@@ -53,7 +57,9 @@ def test_report_from_a_real_sweep(in_swept, capsys):
     for t in trials:
         assert by_number.loc[t.number, "state"] == t.state.name
     named = {t.user_attrs.get("baseline"): t.number for t in trials}
-    assert by_number.loc[named["slow"], "note"] == "pruned at epoch 1"
+    # which epoch is the pruner's (pruning.py's fair-share rule); the note names the one it stopped at
+    slow = study.trials[named["slow"]]
+    assert by_number.loc[named["slow"], "note"] == f"pruned at epoch {slow.user_attrs['pruned_at_epoch']}"
     assert by_number.loc[named["boom"], "note"].startswith("diverged")
     complete = table[table["state"] == "COMPLETE"]["val_accuracy"].tolist()
     assert complete == sorted(complete, reverse=True) and table.iloc[0]["state"] == "COMPLETE"
@@ -62,7 +68,8 @@ def test_report_from_a_real_sweep(in_swept, capsys):
     page = (out_dir / "report.html").read_text()
     pngs = sorted(out_dir.glob("*.png"))
     assert {p.name for p in pngs} >= {"loss_curves.png", "metric_curves.png", "history.png", "learning_rate.png",
-                                      "confusion_matrix.png", "per_class_f1.png", "first_layer_kernels.png"}
+                                      "confusion_matrix.png", "per_class_f1.png", "first_layer_kernels.png",
+                                      "parallel_coordinates.png", "slices_1.png", "timeline.png"}
     for png in pngs:
         data = png.read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 1000
@@ -136,3 +143,216 @@ def test_missing_study_is_a_clear_error(tmp_path, monkeypatch, capsys):
     assert "no study under sweeps/" in capsys.readouterr().err
     assert report.main(["--study", "nope"]) == 2
     assert "run the sweep first" in capsys.readouterr().err
+
+
+# ---- issue 12 (part 5): the report answers the notebook's question -------------------------------------------
+
+WIDE_SPACE = {  # a few of cifar100.yaml's dimensions, a conditional one included; lr kept at chance on purpose
+    "train.lr": {"type": "float", "low": 1e-7, "high": 1e-6, "log": True},
+    "train.optimizer": {"type": "categorical", "choices": ["sgd", "adam"]},
+    "train.momentum": {"type": "float", "low": 0.5, "high": 0.9, "when": {"train.optimizer": "sgd"}},
+    "train.weight_decay": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True},
+    "train.label_smoothing": {"type": "categorical", "choices": [0.0, 0.1]},
+    "train.schedule": {"type": "categorical", "choices": ["none", "cosine"]},
+    "model.dropout": {"type": "float", "low": 0.0, "high": 0.5},
+}
+WIDE_COLUMNS = {"lr", "optimizer", "momentum", "weight_decay", "label_smoothing", "schedule", "dropout"}
+REPORTED = {"accuracy": 0.4823, "macro_f1": 0.4727, "split": "test", "epoch": 20,
+            "source": "CIFAR-100 notebook, run 7", "note": "its printed accuracy divides by 10,016"}
+# Objective values chosen so the ties are known (binary fractions: the means are exact). Configuration A is the
+# best by mean; B overlaps it within its seeds' spread; C is far below; D (one seed) equals A's mean; E (one
+# seed) is outside the 150-image split's binomial noise of A, F (one seed) inside it.
+SEEDS = {"A": [0.625, 0.6875, 0.65625], "B": [0.59375, 0.6875, 0.625], "C": [0.25, 0.28125, 0.3125],
+         "D": [0.65625], "E": [0.5], "F": [0.59375]}
+
+
+def _add_configuration(study, template, index, values):
+    """A configuration (its search trial and, past the first value, repeats of it with other seeds) added to the
+    real study as finished trials with chosen objective values, the user attributes the sweep writes."""
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    params = dict(template.params)
+    for name, dist in template.distributions.items():  # a configuration of its own: other floats
+        if isinstance(dist, FloatDistribution):
+            params[name] = dist.low + (dist.high - dist.low) * (0.1 + 0.8 * (index % 7) / 7)
+    sampled = dict(json.loads(template.user_attrs["values"]), **params)
+    numbers = []
+    for seed, value in enumerate(values):
+        attrs = {"values": json.dumps(dict(sampled, **({"train.seed": seed} if seed else {})))}
+        if seed:
+            attrs["repeat_of"] = numbers[0]
+        study.add_trial(create_trial(state=TrialState.COMPLETE, value=value, params=params,
+                                     distributions=template.distributions, user_attrs=attrs))
+        numbers.append(study.get_trials(deepcopy=False)[-1].number)
+    return numbers
+
+
+@pytest.fixture(scope="module")
+def noisy(tmp_path_factory):
+    """A real sweep over a wider space (its one sampled trial, then an enqueued baseline that carries the
+    figures its source reported), then configurations with chosen values and repeated seeds added to the same
+    study. Reports are written after the first configuration (5 complete trials) and at the end."""
+    root = tmp_path_factory.mktemp("noisy")
+    old = os.getcwd()
+    os.chdir(root)
+    try:
+        cfg = write_config(root / "s.yaml", space=WIDE_SPACE, train={"epochs": 1},
+                           study={"name": "noisy", "n_trials": 1, "sampler": "random", "pruner": "none"})
+        assert run_sweep(root, cfg) == 0
+        storage = f"sqlite:///{root / 'sweeps/noisy/optuna.db'}"
+        study = optuna.load_study(study_name="noisy", storage=storage)
+        first = study.trials[0]
+        study.enqueue_trial(first.params, user_attrs={"baseline": "nb-run-7", "reported": json.dumps(REPORTED),
+                                                      "fixed": "{}"})
+        assert run_sweep(root, cfg, "--trials", "2") == 0
+        template = study.trials[0]
+        numbers = {"A": _add_configuration(study, template, 1, SEEDS["A"])}
+        tracking = ["--tracking-uri", f"sqlite:///{root / 'mlflow.db'}", "--no-mlflow"]
+        assert report.main(["--study", "noisy", "--out", "early", *tracking]) == 0
+        for i, name in enumerate("BCDEF", start=2):
+            numbers[name] = _add_configuration(study, template, i, SEEDS[name])
+        assert report.main(["--study", "noisy", *tracking]) == 0
+        yield root, study, numbers
+    finally:
+        os.chdir(old)
+
+
+def test_every_sampled_parameter_is_a_column(noisy, in_swept):
+    root, study, _ = noisy
+    table = pd.read_csv(root / "reports/noisy/trials.csv").set_index("trial")
+    assert WIDE_COLUMNS <= set(table.columns)
+    markdown = (root / "reports/noisy/report.md").read_text()
+    header = next(line for line in markdown.splitlines() if line.startswith("| trial |"))
+    assert WIDE_COLUMNS <= {c.strip() for c in header.split("|")}
+    for t in study.trials:  # each cell is what the trial trained with; inactive parameters are blank
+        values = json.loads(t.user_attrs["values"])
+        assert table.loc[t.number, "lr"] == pytest.approx(values["train.lr"])
+        assert table.loc[t.number, "dropout"] == pytest.approx(values["model.dropout"])
+        assert table.loc[t.number, "schedule"] == values["train.schedule"]
+        if "train.momentum" in values:
+            assert table.loc[t.number, "momentum"] == pytest.approx(values["train.momentum"])
+        else:
+            assert pd.isna(table.loc[t.number, "momentum"])
+
+    # the small real sweep: its conditional momentum too (missing from the fixed columns before)
+    assert report.main(["--study", "tiny", "--no-mlflow"]) == 0
+    tiny = pd.read_csv(in_swept / "reports/tiny/trials.csv").set_index("trial")
+    swept = optuna.load_study(study_name="tiny", storage=f"sqlite:///{in_swept / 'sweeps/tiny/optuna.db'}")
+    momenta = {t.number: json.loads(t.user_attrs["values"]).get("train.momentum") for t in swept.trials
+               if "values" in t.user_attrs}  # (a trial another test asked for and failed has none)
+    assert any(m is not None for m in momenta.values())
+    for number, momentum in momenta.items():
+        assert pd.isna(tiny.loc[number, "momentum"]) if momentum is None else \
+            tiny.loc[number, "momentum"] == pytest.approx(momentum)
+
+
+def test_reported_figures_beside_the_replayed_baseline(noisy):
+    root, study, _ = noisy
+    replay = next(t for t in study.trials if t.user_attrs.get("baseline") == "nb-run-7")
+    markdown = (root / "reports/noisy/report.md").read_text()
+    section = markdown.split("## Reported vs replayed", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| nb-run-7 |")]
+    assert len(rows) == 2
+    assert "reported (CIFAR-100 notebook, run 7, test split)" in rows[0]
+    assert "| 0.4823 | 0.4727 | 20 |" in rows[0]
+    assert f"replayed here: trial {replay.number} (complete), validation split" in rows[1]
+    assert f"{replay.value:.4g}" in rows[1]  # its own validation accuracy, the objective here
+    page = (root / "reports/noisy/report.html").read_text()
+    assert "reported (CIFAR-100 notebook, run 7, test split)" in page
+
+
+def test_repeated_seeds_and_ties(noisy):
+    from alexnet_exp.seed_stats import seed_stats
+
+    root, _, numbers = noisy
+    markdown = (root / "reports/noisy/report.md").read_text()
+    for name in "ABC":  # mean ± std and the 95% interval over the original and its repeats
+        stats = seed_stats(SEEDS[name])
+        row = next(line for line in markdown.splitlines() if line.startswith(f"| trial {numbers[name][0]} |"))
+        assert stats.text() in row and "±" in row
+        assert f"| {', '.join(map(str, numbers[name]))} | 3 |" in row
+    table = pd.read_csv(root / "reports/noisy/trials.csv").set_index("trial")
+    expected = {"A": "best", "B": "within noise of the best", "C": None, "D": "tied with the best (equal value)",
+                "E": None, "F": "within noise of the best"}
+    for name, label in expected.items():
+        for number in numbers[name]:  # every seed of a configuration carries its label
+            cell = table.loc[number, "vs_best"]
+            assert cell == label if label else pd.isna(cell)
+        assert (table.loc[numbers[name][1:], "repeat_of"] == numbers[name][0]).all()
+    assert "150 validation images" in markdown  # F's tie comes from the split's binomial noise
+    tied = markdown.split("cannot be told apart from the best**: ", 1)[1].split(".", 1)[0]
+    assert all(f"trial {numbers[n][0]}, " in tied for n in "BDF") and f"trial {numbers['C'][0]}, " not in tied
+
+
+def test_importance_warning_under_ten_trials(noisy):
+    root, _, _ = noisy
+    early = (root / "early/noisy/report.md").read_text()  # the real trials and configuration A: 5 complete
+    assert "importance.png" in early
+    assert "these importances rest on 5 complete trial(s), fewer than 10" in early
+    late = (root / "reports/noisy/report.md").read_text()  # 14 complete
+    assert "importance.png" in late and "these importances rest on" not in late
+
+
+def test_reference_rows_name_their_own_source(in_swept):
+    import dataclasses
+
+    from alexnet_exp.report_data import load_study_data
+    from alexnet_exp.report_references import reference_blocks
+
+    data = load_study_data("tiny", f"sqlite:///{in_swept / 'sweeps/tiny/optuna.db'}")
+    for dataset, expected in {"cifar10": {0.7082: "seed document 000", 0.6436: "seed document 004"},
+                              "cifar100": {0.4831: "seed document 003"}}.items():
+        blocks = reference_blocks(dataclasses.replace(data, config=data.config.with_values({"data.dataset": dataset})))
+        table = blocks[-1]
+        reported = table[table["result"].str.startswith("reported")]
+        assert sorted(reported["accuracy"]) == sorted(expected)
+        for _, row in reported.iterrows():  # one document's own figure per row, with its split and metric
+            assert expected[row["accuracy"]] in row["result"] and row["split"].startswith("test")
+            assert row["metric"]
+        if dataset == "cifar10":  # neither CIFAR-10 document reports a macro-F1
+            assert reported["macro_f1"].isna().all()
+        else:
+            assert list(reported["macro_f1"]) == [0.4727] and "10,016" in reported["note"].iloc[0]
+
+
+def _chromium() -> str | None:
+    return next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+                 if shutil.which(n)), None)
+
+
+class _Text(HTMLParser):
+    """The text a reader sees: text nodes outside <style> and <script>."""
+
+    def __init__(self):
+        super().__init__()
+        self.parts, self._hidden = [], 0
+
+    def handle_starttag(self, tag, attrs):
+        self._hidden += tag in ("style", "script")
+
+    def handle_endtag(self, tag):
+        self._hidden -= tag in ("style", "script")
+
+    def handle_data(self, data):
+        if not self._hidden:
+            self.parts.append(data)
+
+
+def test_html_report_renders_markdown_in_chromium(in_swept, tmp_path):
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("no chromium binary on PATH (CI installs Debian's `chromium`, see .ci/run)")
+    assert report.main(["--study", "tiny", "--no-mlflow"]) == 0
+    page = in_swept / "reports/tiny/report.html"
+    # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start.
+    done = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path}",
+                           "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    dom = done.stdout
+    text = _Text()
+    text.feed(dom)
+    shown = "".join(text.parts)
+    assert "Study tiny" in shown and "synthetic" in shown  # the page did render
+    assert "**" not in shown and "`" not in shown
+    assert "<strong>synthetic</strong>" in dom and "<code>python -m alexnet_exp.sweep" in dom

@@ -1,0 +1,101 @@
+"""Which configurations the study cannot tell apart from its best: seeds grouped per configuration (a search
+trial and its repeats), their mean, spread and 95% interval, and the ties with the best (seed_stats.py does the
+arithmetic). Reads a StudyData; writes nothing."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import pandas as pd
+
+from .report_data import StudyData
+from .seed_stats import SeedStats, binomial_halfwidth, seed_stats, within_noise
+
+BEST = "best"
+TIED = "tied with the best (equal value)"
+NOISE = "within noise of the best"
+# Objectives that are a share of the validation images, so the split's binomial noise applies: exactly for
+# accuracy, as an approximation for macro-F1 (a mean of per-class shares).
+PROPORTIONS = ("val_accuracy", "val_macro_f1")
+
+
+@dataclass
+class Configuration:
+    number: int  # the search trial whose configuration this is
+    trials: list[int]  # its complete trials: the original and its repeats (other seeds)
+    stats: SeedStats
+    label: str = ""  # BEST, TIED, NOISE or ""
+
+
+def split_size(data: StudyData) -> Optional[int]:
+    return data.val_images if data.metric in PROPORTIONS else None
+
+
+def configurations(data: StudyData) -> list[Configuration]:
+    """Every configuration with a complete trial, labelled against the best by mean over its seeds."""
+    groups: dict[int, list] = {}
+    for t in data.trials:
+        if t.state == "COMPLETE" and t.value is not None and math.isfinite(t.value):
+            groups.setdefault(t.repeat_of if t.repeat_of is not None else t.number, []).append(t)
+    configs = [Configuration(n, [t.number for t in ts], seed_stats([t.value for t in ts]))
+               for n, ts in sorted(groups.items())]
+    if not configs:
+        return []
+    sign = 1.0 if data.direction == "maximize" else -1.0
+    best = max(configs, key=lambda c: sign * c.stats.mean)
+    size = split_size(data)
+    for c in configs:
+        if c is best:
+            c.label = BEST
+        elif c.stats.mean == best.stats.mean:
+            c.label = TIED  # equal values: the order between them would be only the trial order
+        elif within_noise(c.stats, best.stats, size):
+            c.label = NOISE
+    return configs
+
+
+def labels_by_trial(configs: list[Configuration]) -> dict[int, str]:
+    return {n: c.label for c in configs for n in c.trials}
+
+
+def seeds_table(configs: list[Configuration]) -> pd.DataFrame:
+    """One row per configuration trained with more than one seed."""
+    return pd.DataFrame([{"configuration": f"trial {c.number}", "trials": ", ".join(map(str, c.trials)),
+                          "seeds": c.stats.n, "mean": c.stats.mean, "std": c.stats.std,
+                          "ci95_low": c.stats.low, "ci95_high": c.stats.high, "mean ± std (95% CI)": c.stats.text(),
+                          "vs_best": c.label} for c in configs if c.stats.n > 1])
+
+
+def noise_blocks(data: StudyData, configs: list[Configuration]) -> list[str | pd.DataFrame]:
+    """The report's section on seeds and ties; empty when no trial is complete."""
+    if not configs:
+        return []
+    best = next(c for c in configs if c.label == BEST)
+    size = split_size(data)
+    if size:
+        half = binomial_halfwidth(min(max(best.stats.mean, 0.0), 1.0), size)
+        single = (f"a configuration trained once is compared through the binomial noise of a share measured on "
+                  f"the {size:,} validation images (±{half:.3f} at the best's value, 95%"
+                  f"{'; an approximation for macro-F1' if data.metric == 'val_macro_f1' else ''})")
+    else:
+        single = ("the validation split's size is unknown (no run logged it) or the objective is not a share of "
+                  "its images, so a configuration trained once ties with the best only on an equal value")
+    blocks: list[str | pd.DataFrame] = [
+        "## Seeds and ties",
+        f"Best configuration by the mean of its seeds: trial {best.number}, {data.metric} {best.stats.text()}. Two "
+        f"configurations tie when the 95% Welch interval of their difference contains 0 (seed spread from their "
+        f"repeats); {single}."]
+    tied = [c for c in configs if c.label in (TIED, NOISE)]
+    if tied:
+        blocks.append(f"**{len(tied)} configuration(s) cannot be told apart from the best**: "
+                      + "; ".join(f"trial {c.number}, {c.label}" for c in tied)
+                      + ". Their order in the trials table is not a ranking; repeat them with more seeds to "
+                        "separate them.")
+    else:
+        blocks.append("No other configuration is within noise of the best.")
+    table = seeds_table(configs)
+    if not table.empty:
+        blocks += ["Configurations trained with several seeds (complete trials: the original and its repeats):",
+                   table]
+    return blocks
