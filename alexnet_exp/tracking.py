@@ -2,10 +2,16 @@
 
 Uses `MlflowClient` with explicit run ids (no fluent "active run" state), so a worker can hold runs of
 different trials without one leaking into the other. Logging is batched: one call per epoch.
+
+Trial runs also carry system metrics (`system/cpu_utilization_percentage`, memory, and `system/gpu_<i>_*` where
+NVML sees a GPU) from MLflow's own `SystemMetricsMonitor`, attached to the run id, so that the runs of
+`--trials-per-gpu 1` and `2` show whether sharing a GPU pays.
 """
 from __future__ import annotations
 
+import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -16,9 +22,15 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunT
 
 from . import names
 from .locks import file_lock, sqlite_path
-from .redaction import redact_url
+from .redaction import redact_text, redact_url
 
 MAX_BATCH = 900  # MLflow accepts at most 1000 metrics in one log_batch call
+# System metrics: sampled every 2 s and logged as the mean of 5 samples, one point per 10 s; a trial's last,
+# partial window is logged when its run ends. Trials of seconds get a point or two, trials of an hour 360 points
+# per metric (MLflow's default, one unaveraged sample per 10 s, would show nothing for most smoke trials).
+# MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL / _SAMPLES_BEFORE_LOGGING override both, as MLflow documents.
+SYSTEM_METRICS_INTERVAL_S = 2.0
+SYSTEM_METRICS_SAMPLES_PER_POINT = 5
 
 
 def resolve_tracking_uri(configured: Optional[str]) -> str:
@@ -43,6 +55,17 @@ def check_server(uri: str, timeout: float = 10.0) -> None:
                            f"(see README, Scaling out) or fix --tracking-uri / MLFLOW_TRACKING_URI") from None
 
 
+def _check_system_metrics() -> None:
+    try:
+        import psutil  # noqa: F401  (MLflow's CPU and memory monitor reads it; mlflow does not require it)
+    except ImportError:
+        raise RuntimeError("system metrics need psutil: pip install psutil (a dependency of alexnet_exp), or turn "
+                           "them off (Tracker(system_metrics=False))") from None
+    # psutil's CPU percentage is measured since its previous call; the first call returns 0.0. Call it once
+    # here so that a worker's first trial's first sample measures something.
+    psutil.cpu_percent()
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -51,17 +74,41 @@ def _text(value: Any) -> str:
     return str(value)[:6000]  # MLflow's limit on a param/tag value
 
 
+def check_model_name(name: str) -> None:
+    """MLflow's own rule for registered model names (mlflow.utils.validation._validate_model_name), checked
+    before a sweep trains rather than when it registers."""
+    if not name.strip() or "/" in name or ":" in name:
+        raise RuntimeError(f"--register-model {name!r}: a registered model's name must be non-empty and hold "
+                           f"no '/' or ':'")
+
+
 class Tracker:
-    def __init__(self, tracking_uri: str, experiment_name: str):
+    def __init__(self, tracking_uri: str, experiment_name: str, system_metrics: bool = True,
+                 registered_model: Optional[str] = None):
+        """`system_metrics`: attach MLflow's system-metrics monitor to each trial run (needs psutil).
+        `registered_model`: register each model `log_model` logs (the best trial's) under this name in the
+        model registry of the tracking URI (MLFLOW_REGISTRY_URI when set); checked here, before any work."""
         # The sweep prints the runs table's link itself; MLflow would print one per finished run.
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.tracking_uri = tracking_uri
+        self.system_metrics = system_metrics
+        self.registered_model = registered_model
+        self._monitors: dict[str, Any] = {}  # run id -> its SystemMetricsMonitor, while the run is open here
+        if system_metrics:
+            _check_system_metrics()
+            # MLflow's monitor says "Started/Stopping ... monitoring" at INFO for every run: 4 lines per trial
+            # between the sweep's own. Its warnings (a point that could not be logged) still show.
+            logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+        if registered_model is not None:
+            check_model_name(registered_model)
         if tracking_uri.startswith(("http://", "https://")):
             check_server(tracking_uri)
         db = sqlite_path(tracking_uri)
         if db is None:
             self.client = MlflowClient(tracking_uri)
             self.experiment_id = self._ensure_experiment(experiment_name)
+            if registered_model is not None:
+                self._check_registry()
         else:
             # Processes that first touch a fresh mlflow.db at the same moment crash in MLflow's schema migration
             # and can leave the file unusable: the first touch (the client's store, which migrates) and the
@@ -69,6 +116,20 @@ class Tracker:
             with file_lock(db.with_name(db.name + ".lock")):
                 self.client = MlflowClient(tracking_uri)
                 self.experiment_id = self._ensure_experiment(experiment_name)
+                if registered_model is not None:
+                    self._check_registry()  # opens the registry's store on the same file: under the lock too
+
+    def _check_registry(self) -> None:
+        """A registry that cannot be written (a file store without MLFLOW_ALLOW_FILE_STORE, a server without
+        one) would fail only after the sweep; ask it now."""
+        try:
+            self.client.search_registered_models(max_results=1)
+        except Exception as exc:
+            raise RuntimeError(
+                f"--register-model {self.registered_model!r}: the model registry of {self.shown_uri} cannot be used "
+                f"({type(exc).__name__}: {redact_text(str(exc)).splitlines()[0] if str(exc) else ''}); use a "
+                f"database tracking URI (--tracking-uri sqlite:///mlflow.db, the default) or a tracking server "
+                f"with a database backend, or point MLFLOW_REGISTRY_URI at one") from None
 
     @property
     def is_server(self) -> bool:
@@ -135,7 +196,32 @@ class Tracker:
             "mlflow.parentRunId": parent_id, names.ROLE_TAG: names.ROLE_TRIAL, **{k: _text(v) for k, v in tags.items()}})
         run_id = run.info.run_id
         self.log_params(run_id, params)
+        if self.system_metrics:
+            self._start_monitor(run_id)
         return run_id
+
+    def _start_monitor(self, run_id: str) -> None:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S,
+                                       samples_before_logging=SYSTEM_METRICS_SAMPLES_PER_POINT,
+                                       tracking_uri=self.tracking_uri)
+        monitor.start()
+        self._monitors[run_id] = monitor
+
+    def _stop_monitor(self, run_id: str) -> None:
+        """Stop the run's monitor (if this process started one) and log what it sampled since its last point.
+        MLflow's own `finish` drops the samples of the last, partial window; a trial shorter than one window
+        would get no point at all. A monitor stopped before its thread took a sample takes one here, so every
+        monitored run has at least one point."""
+        monitor = self._monitors.pop(run_id, None)
+        if monitor is None:
+            return
+        monitor.finish()  # stops and joins its thread, then flushes the points it queued
+        if not any(m.metrics for m in monitor.monitors):
+            monitor.collect_metrics()
+        monitor.publish_metrics(monitor.aggregate_metrics())
+        monitor.mlflow_logger.flush()
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int,
                     series: Iterable[tuple[str, int, float]] = ()) -> None:
@@ -181,19 +267,61 @@ class Tracker:
         repo.delete_artifacts(artifact_path)
 
     def finish(self, run_id: str, status: str, tags: Optional[dict[str, Any]] = None) -> None:
-        """status: FINISHED, FAILED or KILLED (MLflow has no 'pruned': pruned trials are KILLED + tag)."""
+        """status: FINISHED, FAILED or KILLED (MLflow has no 'pruned': pruned trials are KILLED + tag).
+        Every way a trial's run ends comes here, so its system-metrics monitor stops here too (before the run is
+        closed, so its last points land on an open run)."""
+        try:
+            self._stop_monitor(run_id)
+        except Exception as exc:  # a chart of CPU load is not worth leaving the run RUNNING
+            print(f"warning: could not log the last system metrics of MLflow run {run_id}: "
+                  f"{type(exc).__name__}: {redact_text(str(exc))}", file=sys.stderr)
         self.set_tags(run_id, tags or {})
         self.client.set_terminated(run_id, status=status, end_time=_now_ms())
 
-    def log_model(self, run_id: str, model, name: str = "model") -> None:
+    def log_model(self, run_id: str, model, input_example, name: str = "model") -> Optional[str]:
+        """Log `model` on the run with a signature (float32 batch of NCHW images -> logits) and `input_example`
+        (a few images as the model receives them: after the eval transform, resized and normalised), and
+        register it under `registered_model` if set. Returns the logged model's URI (`models:/<id>`)."""
         import torch
+        from mlflow.models import infer_signature
 
+        model = model.cpu().eval()
+        example = input_example.detach().float().cpu().contiguous()
+        with torch.no_grad():
+            logits = model(example).float()
+        # infer_signature makes the batch dimension -1: any batch size is valid input.
+        signature = infer_signature(example.numpy(), logits.numpy())
         mlflow.set_tracking_uri(self.tracking_uri)
         with mlflow.start_run(run_id=run_id):
             # Explicit requirements: inferring them would load the model in a subprocess (seconds).
-            # `pickle`: MLflow 3.17's default `pt2` format needs an input example to trace the graph.
-            mlflow.pytorch.log_model(model.cpu(), name=name, serialization_format="pickle",
-                                     pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+            # `pickle`: mlflow.pytorch.load_model gives back the nn.Module that trained, whatever its layers
+            # (`pt2`, MLflow 3.17's default, goes through torch.export instead).
+            info = mlflow.pytorch.log_model(model, name=name, serialization_format="pickle", signature=signature,
+                                            input_example=example.numpy(),
+                                            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+        if self.registered_model is not None:
+            self.register_model(run_id)
+        return info.model_uri
+
+    def register_model(self, run_id: str) -> Optional[int]:
+        """Register the latest model logged by `run_id` under `registered_model`, unless a version of that name
+        already holds it (a sweep run again with --register-model after its test evaluation). Returns the
+        version number, or None when no name is set. Raises when the run logged no model."""
+        if self.registered_model is None:
+            return None
+        models = self.client.search_logged_models(experiment_ids=[self.experiment_id],
+                                                  filter_string=f"source_run_id = '{run_id}'",
+                                                  order_by=[{"field_name": "creation_time", "ascending": False}])
+        if not models:
+            raise RuntimeError(f"run {run_id} logged no model to register as {self.registered_model!r}")
+        source = f"models:/{models[0].model_id}"
+        # `source`, not `model_id`: the SQL registry's search leaves a version's model_id empty (MLflow 3.17).
+        for version in self.client.search_model_versions(f"name = '{self.registered_model}'"):
+            if version.source == source:
+                return int(version.version)
+        mlflow.set_tracking_uri(self.tracking_uri)
+        version = mlflow.register_model(source, self.registered_model)
+        return int(version.version)
 
     def child_runs(self, parent_id: str) -> list:
         return self.client.search_runs([self.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'",
