@@ -13,6 +13,11 @@ import torch.nn.functional as F
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# CIFAR-10's per-channel mean and the std constants copied widely from one tutorial (0.2023... is not CIFAR-10's
+# pixel std, 0.247...): what the CIFAR-100 notebook normalised with.
+CIFAR10_CONSTANTS_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_CONSTANTS_STD = (0.2023, 0.1994, 0.2010)
+NORMALIZATIONS = ("none", "dataset", "imagenet", "cifar10_constants")
 
 
 @dataclass(frozen=True)
@@ -70,31 +75,42 @@ def pca_color(images: torch.Tensor, stats: ColorStats, sigma: float, generator: 
     return images + shift[:, :, None, None]
 
 
+def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear, antialiased when shrinking, as torchvision's Resize of a PIL image."""
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=x.shape[-1] > size)
+
+
 class BatchAugmenter:
     """Turns uint8 batches into model inputs: augmented for training, resized and normalised only for eval."""
 
-    def __init__(self, *, stats: ColorStats, input_size: int, crop_padding: int = 0, flip: bool = False,
-                 pca_sigma: float = 0.0, normalize: str = "dataset"):
-        if normalize not in ("none", "dataset", "imagenet"):
-            raise ValueError(f"normalize={normalize!r}; valid: none, dataset, imagenet")
+    def __init__(self, *, stats: ColorStats, input_size: int, crop_padding: int = 4, flip: bool = True,
+                 pca_sigma: float = 0.0, normalize: str = "dataset", pre_resize: Optional[int] = None):
+        if normalize not in NORMALIZATIONS:
+            raise ValueError(f"normalize={normalize!r}; valid: {', '.join(NORMALIZATIONS)}")
         self.stats = stats
         self.input_size = input_size
         self.crop_padding = crop_padding
         self.flip = flip
         self.pca_sigma = pca_sigma
         self.normalize = normalize
+        self.pre_resize = pre_resize
         if normalize == "dataset":
             mean, std = stats.mean, stats.std
         elif normalize == "imagenet":
             mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+        elif normalize == "cifar10_constants":
+            mean, std = torch.tensor(CIFAR10_CONSTANTS_MEAN), torch.tensor(CIFAR10_CONSTANTS_STD)
         else:
             mean, std = torch.zeros(3), torch.ones(3)
         self._mean = mean.view(1, 3, 1, 1)
         self._std = std.view(1, 3, 1, 1)
 
     def _finish(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
-            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
+        if self.pre_resize is not None:  # the notebook's Resize(230) then Resize(227): two resizes, no crop
+            x = _resize(x, self.pre_resize)
+        x = _resize(x, self.input_size)
         if self.normalize != "none":
             x = (x - self._mean.to(x.device)) / self._std.to(x.device)
         return x

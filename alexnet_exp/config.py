@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .architecture import input_size_problem
-from .space_params import CategoricalParam, FloatParam, IntParam, SpaceParam
+from .space_params import CategoricalParam, FloatParam, IntParam, SpaceEntry, SpaceParam, branches, space_problems
 from .redaction import redact_text
 
 
@@ -63,11 +63,17 @@ class DataConfig(_Section):
 
 class ModelConfig(_Section):
     arch: Literal["alexnet", "alexnet_cifar"] = "alexnet_cifar"  # alexnet = paper net at 227x227
-    norm: Literal["lrn", "batchnorm", "none"] = "lrn"  # lrn after conv1/conv2 as in the paper; BN after every conv
+    # lrn: after conv1/conv2 as in the paper; batchnorm: after every conv; conv1_batchnorm: after conv1 only (the
+    # CIFAR-100 notebook's network)
+    norm: Literal["lrn", "batchnorm", "conv1_batchnorm", "none"] = "lrn"
     groups: Literal[1, 2] = 1  # 2 reproduces the paper's two-GPU split with grouped convolutions
-    dropout: float = Field(0.5, ge=0.0, lt=1.0)  # before each hidden fully connected layer
+    dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    # fc_inputs: dropout on the inputs of the two hidden FC layers (paper, torchvision); fc_outputs: on their
+    # outputs, after the ReLU (the CIFAR-100 notebook)
+    dropout_at: Literal["fc_inputs", "fc_outputs"] = "fc_inputs"
     width: float = Field(1.0, gt=0.0, le=4.0)  # channel/unit multiplier; 0.25 makes CPU tests fast
-    init: Literal["paper", "kaiming"] = "kaiming"  # paper: N(0, 0.01), bias 1 in conv2/4/5 and FC layers
+    # paper: N(0, 0.01), bias 1 in conv2/4/5 and FC layers; kaiming: He-normal; pytorch: the layers' own default
+    init: Literal["paper", "kaiming", "pytorch"] = "kaiming"
 
 
 class AugmentConfig(_Section):
@@ -75,8 +81,11 @@ class AugmentConfig(_Section):
     crop_padding: int = Field(4, ge=0, le=16)  # pixels of zero padding on each side before cropping
     flip: bool = True  # random horizontal flip, drawn per image
     pca_color: float = Field(0.0, ge=0.0, le=1.0)  # sigma of the paper's PCA colour noise (paper: 0.1); 0 = off
-    normalize: Literal["none", "dataset", "imagenet"] = "dataset"  # dataset = training split's mean/std
+    # dataset: the training split's mean/std; cifar10_constants: the CIFAR-100 notebook's (0.4914, ...)/(0.2023, ...)
+    normalize: Literal["none", "dataset", "imagenet", "cifar10_constants"] = "dataset"
     input_size: Optional[int] = Field(None, ge=16, le=512)  # resize target; default: the architecture's own
+    # resize to this side first, then to the input size (train and eval): the notebook's Resize(230), Resize(227)
+    pre_resize: Optional[int] = Field(None, ge=16, le=512)
 
 
 class TrainConfig(_Section):
@@ -108,10 +117,29 @@ class TrainConfig(_Section):
         return self
 
 
+class ReportedFigures(_Section):
+    """What a baseline's source document reported for it (`baselines[i].reported`), shown beside the replay."""
+
+    accuracy: Optional[float] = Field(None, ge=0.0, le=1.0)
+    macro_f1: Optional[float] = Field(None, ge=0.0, le=1.0)
+    split: Literal["test", "validation", "train"] = "test"  # where the document measured it
+    epoch: Optional[int] = Field(None, ge=1)  # after which epoch
+    source: str = ""  # the document (and run) the figures come from
+    note: str = ""  # how to read them (a stopped run, a miscounted denominator)
+
+
 # ---- sweep sections (read by space.py / sweep.py); the space's entries are in space_params.py -----------
 
 SAMPLERS = ("tpe", "random", "grid", "gp", "cmaes", "qmc")
 PRUNERS = ("median", "percentile", "successive_halving", "hyperband", "none")
+
+
+class RepeatsConfig(_Section):
+    """Once the search budget is spent, retrain the `top_k` best configurations with `seeds` more seeds each;
+    the winner is the best mean over seeds (repeats.py)."""
+
+    top_k: int = Field(3, ge=1)
+    seeds: int = Field(2, ge=1)
 
 
 class StudyConfig(_Section):
@@ -133,6 +161,8 @@ class StudyConfig(_Section):
     # Where checkpoints and the best weights are kept: `local` (sweeps/<name>/), `mlflow` (also as artifacts of
     # the trial's run, which every machine can read), `auto` (mlflow when MLflow is a tracking server).
     state_store: Literal["auto", "local", "mlflow"] = "auto"
+    repeats: Optional[RepeatsConfig] = None  # e.g. {top_k: 3, seeds: 2}; none: the best single trial wins
+    system_metrics: bool = True  # trial runs log CPU, memory and GPU use (MLflow's system-metrics monitor)
 
 
 class RunConfig(_Section):
@@ -143,7 +173,7 @@ class RunConfig(_Section):
     augment: AugmentConfig = AugmentConfig()
     train: TrainConfig = TrainConfig()
     study: StudyConfig = StudyConfig()
-    space: dict[str, SpaceParam] = {}  # dotted path (train.lr) -> distribution
+    space: dict[str, SpaceEntry] = {}  # dotted path (train.lr) -> distribution, or a list of branches
     baselines: list[dict[str, Any]] = []  # exact configurations enqueued before sampling
 
     def with_values(self, values: dict[str, Any]) -> "RunConfig":
@@ -185,19 +215,41 @@ def _suggest(word: str, options: list[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def _relevant(err: dict, raw: dict) -> bool:
+    """A space entry is one distribution or a list of branches: report the errors of the form it was written
+    in, not pydantic's complaint that it is not the other form."""
+    loc = err["loc"]
+    if len(loc) < 3 or loc[0] != "space" or not isinstance(loc[2], str):
+        return True
+    entry = (raw.get("space") or {}).get(loc[1]) if isinstance(raw.get("space"), dict) else None
+    if isinstance(entry, list):
+        return loc[2].startswith("list[")
+    if isinstance(entry, dict):
+        return not loc[2].startswith("list[")
+    return not loc[2].startswith("list[")  # neither: one line, from the single-distribution form
+
+
 def _format_error(err: dict, raw: dict) -> str:
     loc = [str(p) for p in err["loc"]]
-    # Union members of the space entries add their tag to the location ("float"); drop it.
-    if len(loc) >= 3 and loc[0] == "space" and loc[2] in ("float", "int", "categorical"):
-        loc.pop(2)
+    # Union members of the space entries add their tag to the location ("float"); drop it. A list of branches
+    # adds its own ("list[...]") before the branch's index.
+    if len(loc) >= 3 and loc[0] == "space":
+        loc = loc[:2] + [p for p in loc[2:] if not p.startswith(("list[", "tagged-union["))]
+        if len(loc) >= 3 and loc[2] in ("float", "int", "categorical"):
+            loc.pop(2)
+        elif len(loc) >= 4 and loc[2].isdigit() and loc[3] in ("float", "int", "categorical"):
+            loc.pop(3)
+            loc[2] = f"[{loc[2]}]"
     loc = [p for p in loc if not p.startswith("function-after")]
-    path = ".".join(loc) or "(top level)"
+    path = ".".join(loc).replace(".[", "[") or "(top level)"
     if err["type"] == "extra_forbidden":
         parent_type = _type_at(loc[:-1], raw)
         valid = _valid_keys(parent_type) if parent_type else []
         hint = _suggest(loc[-1], valid)
         return f"{path}: unknown key{hint}; valid keys here: {', '.join(valid)}"
     msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "too_short" and loc[0] == "space":
+        return f"{path}: a list of branches needs two or more; write a single distribution as a mapping"
     if "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], dict):
         msg += f" (got {err['input']!r})"
     return f"{path}: {msg}"
@@ -213,8 +265,11 @@ def _type_at(loc: list[str], raw: dict) -> Optional[type[BaseModel]]:
         return _SECTION_TYPES[loc[0]]
     if len(loc) == 1 and loc[0] == "study":
         return StudyConfig
-    if len(loc) == 2 and loc[0] == "space":  # the keys of the entry's own type, float's when it has none
+    if len(loc) in (2, 3) and loc[0] == "space":  # the keys of the entry's own type, float's when it has none
         entry = (raw.get("space") or {}).get(loc[1])
+        if len(loc) == 3 and isinstance(entry, list):  # a branch: space.<path>[i]
+            index = int(loc[2].strip("[]")) if loc[2].strip("[]").isdigit() else -1
+            entry = entry[index] if 0 <= index < len(entry) else None
         return _PARAM_TYPES.get(entry.get("type") if isinstance(entry, dict) else None, FloatParam)
     return None
 
@@ -230,7 +285,8 @@ def _validate(raw: Any, source: str) -> RunConfig:
     try:
         config = RunConfig.model_validate({k: v for k, v in raw.items() if k in valid})
     except ValidationError as exc:
-        raise ConfigError(source, errors + [_format_error(e, raw) for e in exc.errors()]) from None
+        problems = [_format_error(e, raw) for e in exc.errors() if _relevant(e, raw)]
+        raise ConfigError(source, errors + list(dict.fromkeys(problems))) from None
     errors += _check_space(config) + _check_baselines(config)
     if not errors:  # the combinations are only worth checking once each value is valid on its own
         errors += _check_combinations(config)
@@ -253,7 +309,7 @@ def _check_value(path: str, value: Any) -> Optional[str]:
     return None
 
 
-def ordered_params(space: dict[str, SpaceParam]) -> list[str]:
+def ordered_params(space: dict[str, SpaceEntry]) -> list[str]:
     """Parameter paths with every `when` condition's parameter before the parameters that depend on it."""
     order: list[str] = []
     visiting: set[str] = set()
@@ -264,7 +320,7 @@ def ordered_params(space: dict[str, SpaceParam]) -> list[str]:
         if path in visiting:
             raise ConfigError("space", [f"space.{path}.when: circular condition {' -> '.join(chain + [path])}"])
         visiting.add(path)
-        for dep in space[path].when:
+        for dep in sorted({dep for branch in branches(space[path]) for dep in branch.when}):
             if dep in space:  # an unknown condition is reported by _check_space
                 visit(dep, chain + [path])
         visiting.discard(path)
@@ -281,24 +337,7 @@ def _check_space(config: RunConfig) -> list[str]:
         ordered_params(config.space)
     except ConfigError as exc:
         errors += exc.errors
-    for path, param in config.space.items():
-        probes = param.choices if isinstance(param, CategoricalParam) else [param.low, param.high]
-        for probe in probes:
-            problem = _check_value(path, probe)
-            if problem:
-                errors.append(f"space.{path}: {problem}")
-                break
-        for cond_path, cond_value in param.when.items():
-            if cond_path not in config.space:
-                errors.append(f"space.{path}.when: {cond_path!r} is not a sampled parameter of this space")
-            elif cond_path == path:
-                errors.append(f"space.{path}.when: a parameter cannot depend on itself")
-            else:
-                cond = config.space[cond_path]
-                allowed = cond_value if isinstance(cond_value, list) else [cond_value]
-                if isinstance(cond, CategoricalParam) and any(v not in cond.choices for v in allowed):
-                    errors.append(f"space.{path}.when: {cond_value!r} is not among {cond_path}'s choices {cond.choices}")
-    return errors
+    return errors + space_problems(config.space, _check_value)
 
 
 def _check_baselines(config: RunConfig) -> list[str]:
@@ -306,6 +345,13 @@ def _check_baselines(config: RunConfig) -> list[str]:
     for i, baseline in enumerate(config.baselines):
         for path, value in baseline.items():
             if path == "name":
+                continue
+            if path == "reported":
+                try:
+                    ReportedFigures.model_validate(value)
+                except ValidationError as exc:
+                    errors += [f"baselines[{i}].reported.{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                               for e in exc.errors()]
                 continue
             problem = _check_value(path, value)
             if problem:
@@ -315,11 +361,9 @@ def _check_baselines(config: RunConfig) -> list[str]:
 
 def _values_of(config: RunConfig, path: str) -> list[Any]:
     """Every value `path` can take in this sweep: the space's choices or bounds, else the fixed value."""
-    param = config.space.get(path)
-    if isinstance(param, CategoricalParam):
-        return list(param.choices)
-    if param is not None:
-        return [param.low, param.high]
+    entry = config.space.get(path)
+    if entry is not None:
+        return [v for b in branches(entry) for v in (b.choices if isinstance(b, CategoricalParam) else [b.low, b.high])]
     section, _, key = path.partition(".")
     return [getattr(getattr(config, section), key)]
 
@@ -370,6 +414,16 @@ def load_config(path: Union[str, Path], overrides: Optional[list[str]] = None) -
         key, value = parse_override(text)
         _set_path(raw, key, value)
     return _validate(raw, str(path))
+
+
+def with_epochs_everywhere(config: RunConfig, epochs: int) -> RunConfig:
+    """`--epochs N`: every trial trains N epochs, baselines with their own `train.epochs` and a space that
+    samples epochs included (a quick look at a long sweep must shorten all of it, not only the sampled trials)."""
+    raw = config.model_dump()
+    raw["train"]["epochs"] = epochs
+    raw["space"] = {p: e for p, e in raw["space"].items() if p != "train.epochs"}
+    raw["baselines"] = [{k: v for k, v in b.items() if k != "train.epochs"} for b in raw["baselines"]]
+    return _validate(raw, "--epochs")
 
 
 def config_from_dict(raw: dict, source: str = "config") -> RunConfig:

@@ -9,6 +9,10 @@ from .architecture import ARCH_INPUT_SIZE, ARCHS, scaled_channels, spatial_size
 
 
 
+NORMS = ("lrn", "batchnorm", "conv1_batchnorm", "none")
+INITS = ("paper", "kaiming", "pytorch")
+
+
 def _window(size: int) -> tuple[int, int]:
     """Channels before and after channel i in its window, as PyTorch's LRN has them: i - size//2 .. i + (size-1)//2."""
     return size // 2, (size - 1) // 2
@@ -136,25 +140,27 @@ class Dropout(nn.Module):
 
 class AlexNet(nn.Module):
     def __init__(self, arch: str, num_classes: int, norm: str = "lrn", groups: int = 1, dropout: float = 0.5,
-                 width: float = 1.0, input_size: int | None = None):
+                 width: float = 1.0, input_size: int | None = None, dropout_at: str = "fc_inputs"):
         super().__init__()
         if arch not in ARCHS:
             raise ValueError(f"unknown arch {arch!r}; valid: {', '.join(ARCHS)}")
-        if norm not in ("lrn", "batchnorm", "none"):
-            raise ValueError(f"unknown norm {norm!r}; valid: lrn, batchnorm, none")
+        if norm not in NORMS:
+            raise ValueError(f"unknown norm {norm!r}; valid: {', '.join(NORMS)}")
+        if dropout_at not in ("fc_inputs", "fc_outputs"):
+            raise ValueError(f"unknown dropout_at {dropout_at!r}; valid: fc_inputs, fc_outputs")
         specs, fc_units = ARCHS[arch]
         self.input_size = input_size or ARCH_INPUT_SIZE[arch]
         layers: list[nn.Module] = []
         self.bias_one: list[nn.Module] = []  # layers the paper initialises with bias 1
         in_ch = 3
-        for spec in specs:
+        for i, spec in enumerate(specs):
             out_ch = scaled_channels(spec.out, width, groups)
             conv = nn.Conv2d(in_ch, out_ch, spec.kernel, spec.stride, spec.padding,
                              groups=groups if spec.grouped else 1, bias=norm != "batchnorm")
             layers.append(conv)
             if spec.bias_one:
                 self.bias_one.append(conv)
-            if norm == "batchnorm":
+            if norm == "batchnorm" or (norm == "conv1_batchnorm" and i == 0):
                 layers.append(nn.BatchNorm2d(out_ch))
             layers.append(nn.ReLU(inplace=True))
             if norm == "lrn" and spec.lrn:
@@ -165,10 +171,12 @@ class AlexNet(nn.Module):
         self.features = nn.Sequential(*layers)
         side = spatial_size(self.input_size, specs)
         hidden = scaled_channels(fc_units, width, 1)
-        self.classifier = nn.Sequential(
-            nn.Flatten(), Dropout(dropout), nn.Linear(in_ch * side * side, hidden), nn.ReLU(inplace=True),
-            Dropout(dropout), nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
-            nn.Linear(hidden, num_classes))
+        fc1, fc2 = nn.Linear(in_ch * side * side, hidden), nn.Linear(hidden, hidden)
+        if dropout_at == "fc_inputs":  # the paper's and torchvision's: on the inputs of the two hidden layers
+            head = [Dropout(dropout), fc1, nn.ReLU(inplace=True), Dropout(dropout), fc2, nn.ReLU(inplace=True)]
+        else:  # the CIFAR-100 notebook's: on the outputs of the two hidden layers, after their ReLU
+            head = [fc1, nn.ReLU(inplace=True), Dropout(dropout), fc2, nn.ReLU(inplace=True), Dropout(dropout)]
+        self.classifier = nn.Sequential(nn.Flatten(), *head, nn.Linear(hidden, num_classes))
         self.bias_one += [m for m in self.classifier if isinstance(m, nn.Linear)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -180,10 +188,16 @@ class AlexNet(nn.Module):
 
 def init_weights(model: AlexNet, scheme: str) -> None:
     """`paper`: weights N(0, 0.01), bias 1 in conv2/4/5 and the FC layers, 0 elsewhere.
-    `kaiming`: He-normal for conv and hidden FC layers, N(0, 0.01) for the output layer, biases 0."""
-    if scheme not in ("paper", "kaiming"):
-        raise ValueError(f"unknown init {scheme!r}; valid: paper, kaiming")
+    `kaiming`: He-normal for conv and hidden FC layers, N(0, 0.01) for the output layer, biases 0.
+    `pytorch`: each layer's own default (Kaiming-uniform with a = sqrt(5)), as a model built with `nn.Conv2d`
+    and `nn.Linear` and nothing else has it (the CIFAR-100 notebook's)."""
+    if scheme not in INITS:
+        raise ValueError(f"unknown init {scheme!r}; valid: {', '.join(INITS)}")
     layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    if scheme == "pytorch":
+        for m in layers:
+            m.reset_parameters()
+        return
     for m in layers:
         if scheme == "paper" or m is layers[-1]:
             nn.init.normal_(m.weight, 0.0, 0.01)
@@ -194,7 +208,8 @@ def init_weights(model: AlexNet, scheme: str) -> None:
 
 
 def build_model(arch: str, num_classes: int, norm: str = "lrn", groups: int = 1, dropout: float = 0.5,
-                width: float = 1.0, init: str = "kaiming", input_size: int | None = None) -> AlexNet:
+                width: float = 1.0, init: str = "kaiming", input_size: int | None = None,
+                dropout_at: str = "fc_inputs") -> AlexNet:
     """The network on the default device (`with device:` picks it), initialised once by `init_weights`.
 
     It is built on the meta device and then materialised: the layers' own default initialisation, which
@@ -202,7 +217,7 @@ def build_model(arch: str, num_classes: int, norm: str = "lrn", groups: int = 1,
     """
     device = torch.get_default_device()
     with torch.device("meta"):
-        model = AlexNet(arch, num_classes, norm, groups, dropout, width, input_size)
+        model = AlexNet(arch, num_classes, norm, groups, dropout, width, input_size, dropout_at)
     for module in model.modules():
         # Fresh storage per tensor; `Module.to_empty` would do the same through meta-device ops whose first use
         # imports sympy (0.5 s).

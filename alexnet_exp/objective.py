@@ -23,10 +23,12 @@ from . import names
 from .budget import surplus
 from .config import ConfigError, RunConfig, dump_config
 from .pipeline import DataCache, input_size, make_augmenter, make_model, train_run
-from .plots import confusion_png
+from .figures_common import confusion_png
 from .progress import SweepProgress
 from .progress import warn as _warn
+from .pruning import record_budget
 from .redaction import redact_text
+from .repeats import is_repeat, load_plan
 from .retries import retry_transient
 from .space import suggest
 from .tracking import Tracker
@@ -66,12 +68,6 @@ def best_value(study: optuna.Study) -> Optional[float]:
         return study.best_value
     except ValueError:  # no complete trial yet
         return None
-
-
-def _is_better(study: optuna.Study, value: float, best: Optional[float]) -> bool:
-    if best is None:
-        return True
-    return value >= best if study.direction == optuna.study.StudyDirection.MAXIMIZE else value <= best
 
 
 def _release_memory() -> None:
@@ -164,6 +160,29 @@ def _record_interrupted(trial: optuna.Trial, ctx: TrialContext, run_id: Optional
     _finish_run(ctx, run_id, "FAILED", {names.STATE_TAG: "FAIL", names.FAIL_KIND: kind, names.FAIL_REASON: reason})
 
 
+def _is_surplus(trial: optuna.Trial, n_trials: int) -> bool:
+    """A sampled trial beyond the search budget: taken at the same moment as the last slot, or started once
+    the repeats are planned (a worker that found no queued repeat left). Planned repeats are never surplus."""
+    frozen = trial.study._storage.get_trial(trial._trial_id)
+    if is_repeat(frozen):
+        return False
+    plan = load_plan(trial.study)
+    if plan is not None and trial.number > plan.after_trial and "failed_trial" not in frozen.system_attrs:
+        return True
+    return surplus(trial.study, trial.number, n_trials)
+
+
+def _keeps_weights(study: optuna.Study, trial: optuna.Trial, value: float, top_k: int) -> bool:
+    """Weights are kept for the trials that may be evaluated on the test split: every repeat, and a search
+    trial that is among the `top_k` best so far (the configurations the repeats may choose)."""
+    if names.REPEAT_OF in trial.user_attrs:
+        return True
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    better = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+              if not is_repeat(t) and (t.value > value if maximize else t.value < value)]
+    return len(better) < top_k
+
+
 def run_trial(trial: optuna.Trial, ctx: TrialContext, n_trials: int) -> float:
     """One trial, recorded whatever happens: every way out of here leaves Optuna's `fail_kind`/`fail_reason`
     (or a value, or the pruned epoch) and a closed MLflow run."""
@@ -175,7 +194,7 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext, n_trials: int) -> float:
 
 
 def _run_trial(trial: optuna.Trial, ctx: TrialContext, n_trials: int) -> float:
-    if surplus(trial.study, trial.number, n_trials):
+    if _is_surplus(trial, n_trials):
         raise TrialFailed(*_record_failure(trial, names.SURPLUS, "the budget was taken by other workers' trials"))
     fixed = json.loads(trial.user_attrs.get(names.FIXED, "{}"))  # a baseline's exact values
     values = suggest(trial, ctx.base.space, fixed)
@@ -222,6 +241,9 @@ def _train_and_record(trial: optuna.Trial, ctx: TrialContext, config: RunConfig,
         for m in resume["history"]:  # the epochs already trained, so this run's curves are whole
             _log_epoch(ctx, run_id, EpochMetrics(**m))
     logged_epochs = resume["epoch"] if resume is not None else 0
+    # Measurements, never pruned: a repeat of a chosen configuration, and a replay of a documented run (a
+    # baseline with `reported` figures), which is there to be compared with what its document reported.
+    measured = names.REPEAT_OF in trial.user_attrs or names.REPORTED in trial.user_attrs
 
     def on_epoch(m: EpochMetrics) -> None:
         nonlocal logged_epochs
@@ -232,7 +254,7 @@ def _train_and_record(trial: optuna.Trial, ctx: TrialContext, config: RunConfig,
         def record() -> bool:
             trial.set_user_attr(names.EPOCHS_RUN, m.epoch)
             trial.report(value, m.epoch)
-            return trial.should_prune()
+            return not measured and trial.should_prune()
 
         prune = retry_transient(record, f"trial {trial.number}'s epoch {m.epoch} report")
         ctx.progress.epoch(trial.number, m.epoch, value)
@@ -250,6 +272,8 @@ def _train_and_record(trial: optuna.Trial, ctx: TrialContext, config: RunConfig,
             config.data.root if config.data.dataset.startswith("cifar") else config.data.dataset,
             {context: json.dumps({"images": len(labels), "classes": data.num_classes}) for context, labels in
              (("training", data.train_y), ("validation", data.val_y), ("test", data.test_y))})
+        # what the pruner judges the trial by: its own epochs and warm-up (pruning.py)
+        record_budget(trial, config.train.epochs, config.train.schedule, ctx.base.study.pruner_options)
         model, result = train_run(config, ctx.cache, on_epoch=on_epoch, resume=resume,
                                   on_checkpoint=on_checkpoint if checkpoint is not None else None)
     except optuna.TrialPruned:
@@ -279,7 +303,8 @@ def _train_and_record(trial: optuna.Trial, ctx: TrialContext, config: RunConfig,
     value = final.accuracy if ctx.metric == "val_accuracy" else final.macro_f1
     _log_evaluation(ctx, run_id, final, data.class_names)
     study = trial.study
-    if _is_better(study, value, best_value(study)):
+    repeats = ctx.base.study.repeats
+    if _keeps_weights(study, trial, value, repeats.top_k if repeats else 1):
         ctx.state.save_weights({k: v.detach().cpu() for k, v in model.state_dict().items()}, trial.number, run_id)
     _finish_run(ctx, run_id, "FINISHED", {names.STATE_TAG: "COMPLETE"})
     return value

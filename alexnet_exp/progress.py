@@ -15,6 +15,7 @@ class SweepProgress:
         self.total, self.epochs, self.metric, self.quiet, self.prefix = total, epochs, metric, quiet, prefix
         self.started = time.monotonic()
         self.best: Optional[float] = None
+        self.trial_epochs: dict[int, int] = {}  # a trial's own epoch budget (baselines and sampled epochs differ)
         self.bar = None if quiet else tqdm(total=total, initial=done, unit="trial", dynamic_ncols=True,
                                            file=sys.stderr, desc="sweep")
 
@@ -27,11 +28,14 @@ class SweepProgress:
     def trial_started(self, number: int, values: dict) -> None:
         shown = ", ".join(f"{k.split('.', 1)[1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.', 1)[1]}={v}"
                           for k, v in values.items())
-        self._say(f"trial {number} started: {shown}")
+        self.trial_epochs[number] = int(values.get("train.epochs", self.epochs))
+        epochs = self.trial_epochs[number]
+        self._say(f"trial {number} started ({epochs} epoch{'' if epochs == 1 else 's'}): {shown}")
 
     def epoch(self, number: int, epoch: int, value: float) -> None:
         best = "-" if self.best is None else f"{self.best:.4f}"
-        text = f"trial {number} epoch {epoch}/{self.epochs} {self.metric}={value:.4f} best={best}"
+        text = (f"trial {number} epoch {epoch}/{self.trial_epochs.get(number, self.epochs)} {self.metric}={value:.4f} "
+                f"best={best}")
         if self.bar is not None:
             self.bar.set_postfix_str(text)
         else:
@@ -45,6 +49,14 @@ class SweepProgress:
                   f"{'' if best is None else f'; best so far {best:.4f}'}")
         if self.bar is not None and counts:
             self.bar.update(1)
+
+    def extend(self, more: int, why: str) -> None:
+        """More trials to run than the search budget (the repeats): the bar's total grows, and says why."""
+        self.total += more
+        if self.bar is not None:
+            self.bar.total = self.total
+            self.bar.refresh()
+        self._say(why)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -24,13 +24,16 @@ from .budget import budget_state, is_verdict
 from .config import RunConfig, dump_config
 from .locks import study_lock
 from .objective import TrialContext, best_value as _best_value, evaluate_on_test, run_trial
-from .pipeline import DataCache
+from .pipeline import DataCache, input_size, make_augmenter
 from .progress import SweepProgress, warn, worker_label
 from .redaction import redact_url
 from .study_store import enqueue_baselines, open_study, requeue_interrupted
 from .tracking import Tracker
 from .trial_state import TrialStateStore
-from .workers import run_trials
+from .seed_stats import seed_stats
+from .repeats import RepeatPlan, config_groups, ensure_repeats, load_plan, repeats_state, search_settled, sweep_complete
+from .retries import retry_transient
+from .workers import POLL_SECONDS, run_trials
 
 
 @dataclass
@@ -115,7 +118,7 @@ def prepare_to_join(run: SweepStudy) -> int:
     """What a scheduler's worker does before its trials, when budget is left (after a scancel or a preemption,
     without waiting for a new set-up step): reopen the parent run, and queue the interrupted trials to resume
     (once, whoever gets the lock first). Returns how many it queued."""
-    if budget_state(run.study)[0] >= run.config.study.n_trials:
+    if not budget_left(run):
         return 0
     if run.tracker.run_status(run.parent_id) not in (None, "RUNNING"):
         run.tracker.reopen(run.parent_id)
@@ -149,6 +152,8 @@ def run_worker(run: SweepStudy, cache: DataCache, run_tags: dict[str, Any], quie
     try:
         why = run_trials(study, lambda trial: run_trial(trial, ctx, s.n_trials), s.n_trials, s.timeout,
                          after_trial, max_errors=max(3, s.n_trials))
+        if why == "budget" and s.repeats is not None:
+            why = _run_repeats(run, ctx, after_trial)
         if why == "errors":
             print(f"{worker_label()}stopping: {max(3, s.n_trials)} trials of this run raised errors (see their "
                   f"MLflow runs' {names.ERROR_ARTIFACT}); fix the cause and run the same command again",
@@ -160,6 +165,32 @@ def run_worker(run: SweepStudy, cache: DataCache, run_tags: dict[str, Any], quie
         return "interrupted"
     finally:
         progress.close()
+
+
+def _run_repeats(run: SweepStudy, ctx: TrialContext, after_trial) -> str:
+    """The repeats' phase: once no search trial runs any more (one of them may still be the best), plan the
+    repeats (once, under the lock) and run planned repeats until all of them are finished."""
+    s, study = run.config.study, run.study
+    while not retry_transient(lambda: search_settled(study, s.n_trials), "the search check"):
+        optuna.storages.fail_stale_trials(study)  # a dead worker's trial must not hold the repeats back
+        time.sleep(POLL_SECONDS)
+
+    def top_up() -> RepeatPlan:
+        with study_lock(run.storage_url, run.name):
+            return ensure_repeats(study, s.repeats.top_k, s.repeats.seeds, run.config.train.seed)
+
+    plan = retry_transient(top_up, "planning the repeats")
+    if plan.planned:
+        ctx.progress.extend(plan.planned, f"repeating the {len(plan.seeds)} best configuration(s) with "
+                                          f"{s.repeats.seeds} more seed(s) each")
+    return run_trials(study, lambda trial: run_trial(trial, ctx, s.n_trials), plan.planned, s.timeout, after_trial,
+                      max_errors=max(3, plan.planned), count=lambda st: repeats_state(st, plan), before_trial=top_up)
+
+
+def budget_left(run: SweepStudy) -> bool:
+    """Is there work left: search trials, or with `study.repeats` the planned repeats?"""
+    s = run.config.study
+    return not sweep_complete(run.study, s.n_trials, s.repeats is not None)
 
 
 def state_store(run: SweepStudy) -> TrialStateStore:
@@ -198,35 +229,81 @@ def finish_study(run: SweepStudy, cache: DataCache, status: str = "FINISHED") ->
     return summary
 
 
-def evaluate_best_once(run: SweepStudy, cache: DataCache, state: TrialStateStore) -> Optional[dict]:
-    """Evaluate the best trial once on the held-out test split; log it on its run and the parent run.
-    Call under the study lock: the study attribute is what makes it once."""
-    study, config, tracker = run.study, run.config, run.tracker
-    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+def _input_example(config: RunConfig, cache: DataCache, n: int = 2):
+    """The logged model's input example: `n` test images as the model receives them (the eval transform:
+    resized to its input size, normalised), so that its signature and example say what to feed it."""
+    data, stats = cache.get(config.data)
+    augmenter = make_augmenter(config.augment, stats, input_size(config.model, config.augment))
+    return augmenter.eval(data.test_x[:n]).cpu()
+
+
+def chosen_configuration(run: SweepStudy) -> Optional[tuple[optuna.trial.FrozenTrial, list, Optional[Any]]]:
+    """What the study chose: (its search trial, the COMPLETE trials of its configuration, their seed statistics
+    or None). With repeats, the configuration with the best mean over its seeds; else the best single trial."""
+    study = run.study
+    plan = load_plan(study) if run.config.study.repeats is not None else None
+    groups = config_groups(study, plan) if plan is not None else []
+    if groups:
+        return groups[0].trial, groups[0].members, groups[0].stats
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if names.REPEAT_OF not in t.user_attrs]
+    if not complete:
         return None
-    best = study.best_trial
-    summary = {"trial": best.number, "value": best.value, "params": json.loads(best.user_attrs[names.VALUES])}
+    best = study.best_trial if study.best_trial in complete else complete[0]
+    return best, [best], None
+
+
+def evaluate_best_once(run: SweepStudy, cache: DataCache, state: TrialStateStore) -> Optional[dict]:
+    """Evaluate the chosen configuration once on the held-out test split (each of its seeds' models when it was
+    repeated); log it on their runs and the parent run. Call under the study lock: the study attribute is what
+    makes it once."""
+    study, config, tracker = run.study, run.config, run.tracker
+    chosen = chosen_configuration(run)
+    if chosen is None:
+        return None
+    best, members, stats = chosen
+    summary = {"trial": best.number, "value": stats.mean if stats else best.value,
+               "params": json.loads(best.user_attrs[names.VALUES])}
+    if stats is not None:
+        summary.update(seeds=stats.n, value_std=stats.std, value_low=stats.low, value_high=stats.high)
     if study.user_attrs.get(names.TEST_EVALUATED_TRIAL) == best.number:
         summary.update(study.user_attrs.get(names.TEST_METRICS, {}))
+        if tracker.registered_model and best.user_attrs.get(names.MLFLOW_RUN_ID):
+            try:  # --register-model given after the test evaluation: its model is logged already
+                tracker.register_model(best.user_attrs[names.MLFLOW_RUN_ID])
+            except Exception as exc:
+                warn(f"could not register the best model as {tracker.registered_model!r}", exc)
         return summary
-    run_id = best.user_attrs.get(names.MLFLOW_RUN_ID)
-    weights = state.fetch_weights(best.number, run_id)
-    if weights is None:
+    results = []
+    for member in members:
+        run_id = member.user_attrs.get(names.MLFLOW_RUN_ID)
+        weights = state.fetch_weights(member.number, run_id)
+        if weights is None:
+            continue
+        values = json.loads(member.user_attrs[names.VALUES])
+        model, result = evaluate_on_test(config.with_values(values), cache, weights)
+        metrics = {"test_accuracy": result.accuracy, "test_macro_f1": result.macro_f1, "test_loss": result.loss}
+        results.append(metrics)
+        if run_id:
+            tracker.log_metrics(run_id, metrics, step=member.user_attrs.get(names.EPOCHS_RUN, 0))
+        if member is best and run_id:
+            try:
+                tracker.log_model(run_id, model, _input_example(config.with_values(values), cache))
+            except Exception as exc:  # the test metrics are logged already; the model file is a convenience
+                warn("could not log the best model to MLflow", exc)
+    if not results:
         where = "here or in its MLflow run" if state.shared is not None else "here (study.state_store: local)"
         print(f"note: no saved weights for best trial {best.number} {where}; the process that trained it "
               f"evaluates it on the test split when it finishes", file=sys.stderr)
         return summary
-    model, result = evaluate_on_test(config.with_values(summary["params"]), cache, weights)
-    metrics = {"test_accuracy": result.accuracy, "test_macro_f1": result.macro_f1, "test_loss": result.loss}
-    if run_id:
-        tracker.log_metrics(run_id, metrics, step=best.user_attrs.get(names.EPOCHS_RUN, 0))
-        try:
-            tracker.log_model(run_id, model)
-        except Exception as exc:  # the test metrics are logged already; the model file is a convenience
-            print(f"warning: could not log the best model to MLflow: {type(exc).__name__}: {exc}", file=sys.stderr)
+    metrics = {k: sum(r[k] for r in results) / len(results) for k in results[0]}
+    if len(results) > 1:  # the mean over the chosen configuration's seeds, and how much they spread
+        metrics.update({f"{k}_std": seed_stats([r[k] for r in results]).std for k in ("test_accuracy", "test_macro_f1")})
+        metrics["test_seeds"] = len(results)
     tracker.log_metrics(run.parent_id, metrics, step=best.number)
-    tracker.log_metrics(run.parent_id, {f"best_{config.study.metric}": best.value}, step=best.number)
-    tracker.set_tags(run.parent_id, {"best_trial": best.number, "best_run_id": run_id or ""})
+    tracker.log_metrics(run.parent_id, {f"best_{config.study.metric}": summary["value"]}, step=best.number)
+    tracker.set_tags(run.parent_id, {"best_trial": best.number,
+                                     "best_run_id": best.user_attrs.get(names.MLFLOW_RUN_ID) or ""})
     try:  # MLflow params cannot change: a study resumed with a larger budget and a new best keeps the first
         tracker.log_params(run.parent_id, {f"best.{k}": v for k, v in summary["params"].items()})
     except Exception as exc:
@@ -234,8 +311,9 @@ def evaluate_best_once(run: SweepStudy, cache: DataCache, state: TrialStateStore
              "its best_trial tag names the current one", exc)
     study.set_user_attr(names.TEST_EVALUATED_TRIAL, best.number)
     study.set_user_attr(names.TEST_METRICS, metrics)
+    kept = {m.number for m in members}
     finished = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
-    for number in finished - {best.number}:  # only the best trial's weights are kept; a running trial's stay
+    for number in finished - kept:  # only the chosen configuration's weights are kept; a running trial's stay
         names.weights_path(state.weights_dir, number).unlink(missing_ok=True)
     summary.update(metrics)
     return summary

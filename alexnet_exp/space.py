@@ -6,33 +6,29 @@ from typing import Any, Optional
 
 import optuna
 
-from .config import CategoricalParam, IntParam, RunConfig, SpaceParam, ordered_params
+from .config import CategoricalParam, IntParam, RunConfig, ordered_params
+from .space_params import SpaceEntry, SpaceParam, active_branch, branches, optuna_name
 
 
-def _active(param: SpaceParam, values: dict[str, Any]) -> bool:
-    for dep, wanted in param.when.items():
-        allowed = wanted if isinstance(wanted, list) else [wanted]
-        if dep not in values or values[dep] not in allowed:
-            return False
-    return True
-
-
-def suggest(trial: optuna.Trial, space: dict[str, SpaceParam], fixed: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-    """Sample the active parameters of `space` for `trial`; `fixed` values are taken as they are (baselines)."""
+def suggest(trial: optuna.Trial, space: dict[str, SpaceEntry], fixed: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Sample the active parameters of `space` for `trial`; `fixed` values are taken as they are (baselines,
+    repeats). A parameter with branches is sampled from the branch its conditions select, under that branch's
+    own Optuna name (see space_params.optuna_name); `values` holds it under its dotted path."""
     fixed = fixed or {}
     values: dict[str, Any] = {}
     for path in ordered_params(space):
-        param = space[path]
-        if not _active(param, values):
+        param = active_branch(space[path], values)
+        if param is None:
             continue
+        name = optuna_name(path, space[path], param)
         if path in fixed:
             values[path] = fixed[path]
         elif isinstance(param, CategoricalParam):
-            values[path] = trial.suggest_categorical(path, param.choices)
+            values[path] = trial.suggest_categorical(name, param.choices)
         elif isinstance(param, IntParam):
-            values[path] = trial.suggest_int(path, param.low, param.high, step=param.step, log=param.log)
+            values[path] = trial.suggest_int(name, param.low, param.high, step=param.step, log=param.log)
         else:
-            values[path] = trial.suggest_float(path, param.low, param.high, step=param.step, log=param.log)
+            values[path] = trial.suggest_float(name, param.low, param.high, step=param.step, log=param.log)
     for path, value in fixed.items():  # baseline values outside the space (epochs, say)
         values.setdefault(path, value)
     return values
@@ -58,18 +54,28 @@ def baseline_trial(baseline: dict[str, Any], config: RunConfig) -> tuple[dict[st
     take the YAML's fixed value, not a sampled one. Values inside the space's distributions are enqueued so
     the sampler learns from them; the rest (outside a range, or not sampled at all) are fixed.
     """
-    values = {k: v for k, v in baseline.items() if k != "name"}
+    values = {k: v for k, v in baseline.items() if k not in BASELINE_KEYS}
     for path in config.space:
         values.setdefault(path, _read_path(config, path))
-    params = {p: v for p, v in values.items() if p in config.space and _contains(config.space[p], v)}
-    fixed = {p: v for p, v in values.items() if p not in params}
+    params, enqueued = {}, set()
+    for path in ordered_params(config.space):
+        branch = active_branch(config.space[path], values)
+        if branch is not None and _contains(branch, values[path]):
+            params[optuna_name(path, config.space[path], branch)] = values[path]
+            enqueued.add(path)
+    fixed = {p: v for p, v in values.items() if p not in enqueued}
     return params, fixed
+
+
+BASELINE_KEYS = ("name", "reported")  # a baseline's own keys; every other key is a dotted training parameter
 
 
 def baseline_name(baseline: dict[str, Any], index: int) -> str:
     return str(baseline.get("name", f"baseline_{index}"))
 
 
-def space_signature(space: dict[str, SpaceParam]) -> str:
-    """A stable text of the space, stored with the study to refuse resuming with a different one."""
-    return json.dumps({p: space[p].model_dump() for p in sorted(space)}, sort_keys=True)
+def space_signature(space: dict[str, SpaceEntry]) -> str:
+    """A stable text of the space, stored with the study to refuse resuming with a different one. A single
+    distribution keeps the text it had before branches existed, so older studies still resume."""
+    return json.dumps({p: [b.model_dump() for b in space[p]] if isinstance(space[p], list) else space[p].model_dump()
+                       for p in sorted(space)}, sort_keys=True)

@@ -2,7 +2,7 @@
 before anything runs. A leaf module (pydantic only); config.py validates them with the rest of the file."""
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Callable, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -50,3 +50,115 @@ class CategoricalParam(_Entry):
 
 
 SpaceParam = Annotated[Union[FloatParam, IntParam, CategoricalParam], Field(discriminator="type")]
+
+
+# A space entry is one distribution, or a list of branches: each branch a distribution with its own `when`,
+# exactly one of them active for any assignment of the parameters they depend on (checked by
+# `branch_problems`). Adam and SGD get their own learning-rate ranges this way.
+SpaceEntry = Union[SpaceParam, Annotated[list[SpaceParam], Field(min_length=2)]]
+
+
+def branches(entry: SpaceEntry) -> list[SpaceParam]:
+    return list(entry) if isinstance(entry, list) else [entry]
+
+
+def is_active(param: SpaceParam, values: dict[str, Any]) -> bool:
+    """Are `param`'s conditions met by the parameter values chosen so far?"""
+    for dep, wanted in param.when.items():
+        allowed = wanted if isinstance(wanted, list) else [wanted]
+        if dep not in values or values[dep] not in allowed:
+            return False
+    return True
+
+
+def active_branch(entry: SpaceEntry, values: dict[str, Any]) -> Optional[SpaceParam]:
+    """The distribution in force for these values, or None when the parameter is inactive."""
+    active = [b for b in branches(entry) if is_active(b, values)]
+    return active[0] if active else None
+
+
+def optuna_name(path: str, entry: SpaceEntry, branch: SpaceParam) -> str:
+    """The Optuna parameter name of a branch: the path itself for a single distribution, else the path with
+    the branch's condition (`train.lr[train.optimizer=adam|adamw]`), so that each branch keeps its own history
+    in the sampler (a TPE model of SGD's learning rates must not learn from Adam's)."""
+    if not isinstance(entry, list):
+        return path
+    shown = ",".join(f"{k}={'|'.join(map(str, v)) if isinstance(v, list) else v}" for k, v in branch.when.items())
+    return f"{path}[{shown}]"
+
+
+MAX_BRANCH_ASSIGNMENTS = 10_000
+
+
+def branch_problems(path: str, entry: list[SpaceParam], choices: dict[str, list]) -> list[str]:
+    """Exactly one branch active for every combination of the choices of the parameters the branches depend
+    on (`choices`: each such parameter's categorical choices). Returns the problems, each naming the key."""
+    deps = sorted({dep for b in entry for dep in b.when})
+    if not deps:
+        return [f"space.{path}: a list of branches needs a `when` on each branch (one distribution needs no list)"]
+    not_categorical = [d for d in deps if d not in choices]
+    if not_categorical:
+        return [f"space.{path}: branches can only depend on categorical parameters of the space; "
+                f"{', '.join(not_categorical)} is not one"]
+    import itertools
+
+    combos = list(itertools.islice(itertools.product(*(choices[d] for d in deps)), MAX_BRANCH_ASSIGNMENTS + 1))
+    if len(combos) > MAX_BRANCH_ASSIGNMENTS:
+        return [f"space.{path}: its branches depend on more than {MAX_BRANCH_ASSIGNMENTS} combinations of choices"]
+    problems = []
+    for combo in combos:
+        values = dict(zip(deps, combo))
+        active = [i for i, b in enumerate(entry) if is_active(b, values)]
+        shown = ", ".join(f"{d}={v}" for d, v in values.items())
+        if not active:
+            problems.append(f"space.{path}: no branch is active for {shown}; add a branch for it or widen a `when`")
+        elif len(active) > 1:
+            problems.append(f"space.{path}: branches {', '.join(f'[{i}]' for i in active)} overlap for {shown}; "
+                            f"exactly one branch must be active for any assignment")
+        if len(problems) >= 5:  # the first few say what is wrong; all of them would flood the screen
+            break
+    return problems
+
+
+def space_problems(space: dict[str, "SpaceEntry"], check_value: Callable[[str, Any], Optional[str]]) -> list[str]:
+    """Every problem of the space's entries: values the training config refuses (`check_value(path, value)`
+    returns the problem or None), conditions on unknown parameters or choices, branches that overlap or leave
+    an assignment uncovered."""
+    errors: list[str] = []
+    choices = {p: _choices(e) for p, e in space.items() if _choices(e) is not None}
+    for path, entry in space.items():
+        for i, param in enumerate(branches(entry)):
+            where = f"space.{path}[{i}]" if isinstance(entry, list) else f"space.{path}"
+            errors += _check_param(space, check_value, path, where, param, choices)
+        if isinstance(entry, list):
+            errors += branch_problems(path, entry, choices)
+    return errors
+
+
+def _choices(entry: "SpaceEntry") -> Optional[list]:
+    """A categorical parameter's choices (the union over its branches), None for a numeric one."""
+    if not all(isinstance(b, CategoricalParam) for b in branches(entry)):
+        return None
+    return list(dict.fromkeys(c for b in branches(entry) for c in b.choices))
+
+
+def _check_param(space: dict, check_value: Callable, path: str, where: str, param: SpaceParam,
+                 choices: dict[str, list]) -> list[str]:
+    errors = []
+    probes = param.choices if isinstance(param, CategoricalParam) else [param.low, param.high]
+    for probe in probes:
+        problem = check_value(path, probe)
+        if problem:
+            errors.append(f"{where}: {problem}")
+            break
+    for cond_path, cond_value in param.when.items():
+        if cond_path not in space:
+            errors.append(f"{where}.when: {cond_path!r} is not a sampled parameter of this space")
+        elif cond_path == path:
+            errors.append(f"{where}.when: a parameter cannot depend on itself")
+        else:
+            allowed = cond_value if isinstance(cond_value, list) else [cond_value]
+            valid = choices.get(cond_path)
+            if valid is not None and any(v not in valid for v in allowed):
+                errors.append(f"{where}.when: {cond_value!r} is not among {cond_path}'s choices {valid}")
+    return errors

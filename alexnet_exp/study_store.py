@@ -17,7 +17,7 @@ import optuna
 from optuna.trial import TrialState
 
 from . import names
-from .config import ConfigError, RunConfig, dump_config
+from .config import ConfigError, ReportedFigures, RunConfig, dump_config
 from .redaction import redact_url
 from .retries import transient_storage_errors
 from .space import baseline_name, baseline_trial, space_signature
@@ -177,7 +177,10 @@ def enqueue_baselines(study: optuna.Study, config: RunConfig) -> int:
         if name in done:
             continue
         params, fixed = baseline_trial(baseline, config)
-        study.enqueue_trial(params, user_attrs={names.BASELINE: name, names.FIXED: json.dumps(fixed)})
+        attrs = {names.BASELINE: name, names.FIXED: json.dumps(fixed)}
+        if "reported" in baseline:  # what its source document reported, shown beside the replay in the report
+            attrs[names.REPORTED] = json.dumps(ReportedFigures.model_validate(baseline["reported"]).model_dump())
+        study.enqueue_trial(params, user_attrs=attrs)
         done.add(name)
         added += 1
     study.set_user_attr(names.BASELINES_ENQUEUED, json.dumps(sorted(done)))

@@ -23,16 +23,18 @@ from optuna.trial import TrialState
 
 from . import names
 from .budget import budget_state
-from .config import ConfigError, RunConfig, load_config, ordered_params
+from .config import ConfigError, RunConfig, load_config, ordered_params, with_epochs_everywhere
 from .data import DataError
 from .pipeline import DataCache
 from .processes import gpu_list, python_command, supervise, watch_launcher
 from .redaction import redact_text, redact_url
 from .retries import retry_transient
-from .roles import (SweepStudy, close_parent, finish_study, join_study, prepare_to_join, run_worker, setup_study,
-                    trial_counts)
-from .samplers import make_pruner, make_sampler
+from .roles import (SweepStudy, budget_left, close_parent, finish_study, join_study, prepare_to_join, run_worker,
+                    setup_study, trial_counts)
+from .pruning import make_pruner
+from .samplers import make_sampler
 from .space import suggest
+from .space_params import branches
 from .study_store import StudyMismatch, default_storage, enqueue_baselines, open_storage
 from .tracking import Tracker, resolve_tracking_uri
 from .train import resolve_device
@@ -62,7 +64,8 @@ def library_versions() -> dict[str, str]:
 def dry_run(config: RunConfig, sampler, n: int) -> None:
     print("validated search space:")
     for path in ordered_params(config.space):
-        print(f"  {path}: {config.space[path].model_dump(exclude_defaults=True)}")
+        for branch in branches(config.space[path]):
+            print(f"  {path}: {branch.model_dump(exclude_defaults=True)}")
     print(f"study: {config.study.name}, {config.study.direction} {config.study.metric}, "
           f"{config.study.n_trials} trials, sampler {config.study.sampler}, pruner {config.study.pruner}\n")
     study = optuna.create_study(sampler=sampler, direction=config.study.direction)
@@ -89,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="Optuna storage URL (default sqlite under sweeps/<study>/)")
     p.add_argument("--study-name", help="study name (study.name)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps (train.device)")
-    p.add_argument("--epochs", type=int, help="epochs per trial (train.epochs)")
+    p.add_argument("--epochs", type=int, help="epochs of every trial, baselines and a sampled train.epochs included "
+                                              "(train.epochs)")
     p.add_argument("--data-root", help="folder with the CIFAR files (data.root)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default MLFLOW_TRACKING_URI or ./mlflow.db)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -102,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                "GPUs x --trials-per-gpu)")
     p.add_argument("--gpus", help="GPU ids for the workers, round-robin, e.g. 0,1 (default: all visible)")
     p.add_argument("--trials-per-gpu", type=int, help="workers per GPU, for small trials that leave a GPU idle")
+    p.add_argument("--register-model", metavar="NAME", help="register the best trial's logged model under NAME in "
+                                                            "the MLflow model registry (a database tracking URI, "
+                                                            "e.g. the default sqlite:///mlflow.db, or a server)")
     roles = p.add_argument_group("scheduler steps (Slurm, Kubernetes): each may run any number of times, in any "
                                  "order, all at once")
     step = roles.add_mutually_exclusive_group()
@@ -118,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 FLAG_KEYS = {"trials": "study.n_trials", "timeout": "study.timeout", "storage": "study.storage",
-             "study_name": "study.name", "device": "train.device", "epochs": "train.epochs",
+             "study_name": "study.name", "device": "train.device", "epochs": "train.epochs",  # + with_epochs_everywhere
              "data_root": "data.root", "tracking_uri": "study.tracking_uri"}
 
 
@@ -158,6 +165,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     signal.signal(signal.SIGINT, _raise_interrupt)  # a second Ctrl-C must not cut the clean-up of the first
     try:
         config = load_config(args.config, _flag_overrides(args))
+        if args.epochs is not None:
+            config = with_epochs_everywhere(config, args.epochs)
         s = config.study
         sampler = make_sampler(s.sampler, s.sampler_options, s.seed, config.space)
         pruner = make_pruner(s.pruner, s.pruner_options, config.train.epochs)
@@ -184,7 +193,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         storage_url = s.storage or default_storage(s.name)
         storage = open_storage(storage_url, s.heartbeat_seconds)
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own lines say what happened to each trial
-        tracker = Tracker(resolve_tracking_uri(s.tracking_uri), s.experiment or s.name)
+        tracker = Tracker(resolve_tracking_uri(s.tracking_uri), s.experiment or s.name,
+                          system_metrics=s.system_metrics, registered_model=args.register_model)
         run_tags = {"study": s.name, "sampler": s.sampler, "device": str(device), "git_commit": git_commit()}
         if args.worker:  # the launcher has set everything up; just run trials
             run = join_study(config, storage_url, storage, sampler, pruner, tracker)
@@ -244,13 +254,13 @@ def _launch(run: SweepStudy, report, cache: DataCache, run_tags: dict, argv: lis
 
     started = time.monotonic()
     why = "budget"
-    if report.finished < s.n_trials:
+    if budget_left(run):
         if n_workers == 1:
             why = run_worker(run, cache, run_tags, quiet)
         else:
             command = python_command("alexnet_exp.sweep", argv + ["--worker", "--quiet"])
             codes = supervise(command, n_workers, gpus, lambda: retry_transient(
-                lambda: budget_state(run.study)[0] < s.n_trials, "the budget check"))
+                lambda: budget_left(run), "the budget check"))
             if codes is None:
                 why = "interrupted"
                 print("interrupted: workers stopped, their running trials marked failed; run the same command "
@@ -260,7 +270,7 @@ def _launch(run: SweepStudy, report, cache: DataCache, run_tags: dict, argv: lis
             elif any(code != names.EXIT_OK for code in codes):
                 why = "workers failed"
                 print(f"workers ended with exit codes {codes} (see their lines above); the budget is "
-                      f"{'met' if budget_state(run.study)[0] >= s.n_trials else 'not met'}: run the same command "
+                      f"{'not met' if budget_left(run) else 'met'}: run the same command "
                       f"to go on", file=sys.stderr)
     summary = None
     if why == "interrupted":
@@ -295,7 +305,16 @@ def _print_end(run: SweepStudy, summary: Optional[dict], took: str, say_missing:
     if summary:
         test = (f"; held-out test accuracy {summary['test_accuracy']:.4f}, macro-F1 {summary['test_macro_f1']:.4f}"
                 if "test_accuracy" in summary else "")
-        print(f"best trial {summary['trial']}: {s.metric} {summary['value']:.4f}{test}")
+        if "seeds" in summary:  # repeated: the mean over its seeds chose it
+            spread = (f" ± {summary['value_std']:.4f} over {summary['seeds']} seeds (95% CI {summary['value_low']:.4f}"
+                      f"–{summary['value_high']:.4f})")
+            if "test_accuracy_std" in summary:
+                test = (f"; held-out test accuracy {summary['test_accuracy']:.4f} ± {summary['test_accuracy_std']:.4f}, "
+                        f"macro-F1 {summary['test_macro_f1']:.4f} ± {summary['test_macro_f1_std']:.4f} "
+                        f"({summary['test_seeds']} seeds)")
+        else:
+            spread = ""
+        print(f"best trial {summary['trial']}: {s.metric} {summary['value']:.4f}{spread}{test}")
         print(f"  {json.dumps(summary['params'])}")
     elif say_missing:
         print("no trial completed: nothing to evaluate on the test split")
@@ -305,9 +324,11 @@ def _finalize(run: SweepStudy, cache: DataCache) -> int:
     """The scheduler's last step: the test evaluation once the budget is met, and the parent run closed."""
     s = run.config.study
     finished, running = budget_state(run.study)
-    if finished < s.n_trials:
+    if budget_left(run):
         closed = close_parent(run, "KILLED")
-        print(f"study {s.name}: the budget is not met ({finished}/{s.n_trials} trials finished, {running} running): "
+        repeats = ", with its repeats," if s.repeats is not None else ""
+        print(f"study {s.name}: the budget{repeats} is not met ({finished}/{s.n_trials} trials finished, "
+              f"{running} running): "
               f"the test split stays untouched; parent run {'closed as KILLED' if closed else 'left RUNNING'}. "
               f"Start workers again (--join) to go on, then --finalize.", file=sys.stderr)
         return names.EXIT_INCOMPLETE

@@ -30,8 +30,12 @@ def error_pause(consecutive_errors: int) -> float:
 
 
 def run_trials(study: optuna.Study, objective: Callable, n_trials: int, timeout: Optional[float],
-               after_trial: Callable, max_errors: int) -> str:
-    """Run trials one at a time until the global budget is met. Returns why it stopped: `budget`, `timeout`
+               after_trial: Callable, max_errors: int,
+               count: Callable[[optuna.Study], tuple[int, int]] = budget_state,
+               before_trial: Optional[Callable[[], None]] = None) -> str:
+    """Run trials one at a time until the global budget is met: `count(study)` gives (trials finished, trials
+    running) against `n_trials` (the search budget by default; the planned repeats in their phase), and
+    `before_trial` runs before each (queueing what is missing). Returns why it stopped: `budget`, `timeout`
     or `errors` (`max_errors` trials of this process raised errors)."""
     started = time.monotonic()
     errors = consecutive = 0
@@ -52,7 +56,7 @@ def run_trials(study: optuna.Study, objective: Callable, n_trials: int, timeout:
             # Trials whose worker died stop beating; failing them here triggers their retry, even while every
             # live worker is only waiting.
             optuna.storages.fail_stale_trials(study)
-            return budget_state(study)
+            return count(study)
 
         verdicts, active = retry_transient(check, "the budget check")
         if verdicts >= n_trials:
@@ -63,6 +67,8 @@ def run_trials(study: optuna.Study, objective: Callable, n_trials: int, timeout:
             time.sleep(POLL_SECONDS)
             continue
         time.sleep(error_pause(consecutive))
+        if before_trial is not None:
+            retry_transient(before_trial, "queueing the next trial")
         try:
             study.optimize(objective, n_trials=1, callbacks=[on_trial_end], catch=(Exception,),
                            gc_after_trial=False)

@@ -12,7 +12,10 @@ TINY = {
     "train": {"optimizer": "sgd", "lr": 0.03, "batch_size": 32, "epochs": 2, "device": "cpu",
               "loss_every_steps": 1},
     "study": {"name": "tiny", "n_trials": 3, "pruner": "none", "sampler": "random", "seed": 0},
-    "space": {"train.lr": {"type": "float", "low": 0.01, "high": 0.1, "log": True},
+    # Adam's own range: at SGD's rates (0.01-0.1) it explodes on this tiny network, and is then `diverged`
+    "space": {"train.lr": [{"when": {"train.optimizer": "sgd"}, "type": "float", "low": 0.01, "high": 0.1, "log": True},
+                           {"when": {"train.optimizer": "adam"}, "type": "float", "low": 1.0e-3, "high": 1.0e-2,
+                            "log": True}],
               "train.optimizer": {"type": "categorical", "choices": ["sgd", "adam"]},
               "train.momentum": {"type": "float", "low": 0.5, "high": 0.9, "when": {"train.optimizer": "sgd"}}},
 }

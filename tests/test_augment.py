@@ -96,3 +96,30 @@ def test_resize_to_paper_input():
     out = aug.eval(images(2))
     assert out.shape == (2, 3, 227, 227)
     assert 0.0 <= out.min().item() and out.max().item() <= 1.0
+
+
+def test_pre_resize_resizes_twice_without_cropping():
+    """The CIFAR-100 notebook's 'random center crop': Resize(230) then Resize(227), in training and evaluation."""
+    import torch
+
+    from alexnet_exp.augment import BatchAugmenter, color_stats
+
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    stats = color_stats(images)
+    twice = BatchAugmenter(stats=stats, input_size=227, normalize="none", pre_resize=230, crop_padding=0, flip=False)
+    once = BatchAugmenter(stats=stats, input_size=227, normalize="none")
+    a, b = twice.eval(images), once.eval(images)
+    assert a.shape == b.shape == (4, 3, 227, 227)
+    assert not torch.equal(a, b) and (a - b).abs().mean() < 0.05  # a slightly softer image, the same content
+    assert torch.equal(twice.train(images, torch.Generator().manual_seed(0)), a)  # no crop, no flip: no randomness
+
+
+def test_cifar10_constants_normalisation():
+    import torch
+
+    from alexnet_exp.augment import BatchAugmenter, color_stats
+
+    images = torch.full((1, 3, 32, 32), 255, dtype=torch.uint8)
+    x = BatchAugmenter(stats=color_stats(images), input_size=32, normalize="cifar10_constants").eval(images)
+    assert torch.allclose(x[0, :, 0, 0], torch.tensor([(1 - 0.4914) / 0.2023, (1 - 0.4822) / 0.1994,
+                                                       (1 - 0.4465) / 0.2010]))

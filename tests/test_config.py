@@ -30,7 +30,7 @@ def test_out_of_range_and_invalid_choice_all_reported_at_once():
     errors = errors_of({"train": {"lr": -1.0, "epochs": 0}, "model": {"norm": "layernorm"}})
     paths = sorted(e.split(":")[0] for e in errors)
     assert paths == ["model.norm", "train.epochs", "train.lr"]
-    assert any("'lrn', 'batchnorm' or 'none'" in e for e in errors)
+    assert any("'lrn', 'batchnorm', 'conv1_batchnorm' or 'none'" in e for e in errors)
 
 
 def test_low_greater_than_high_is_rejected():

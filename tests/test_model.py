@@ -199,3 +199,31 @@ def test_trials_with_different_hyperparameters_share_one_compiled_graph():
         torch.compile(model, backend="eager")(x).sum().backward()
     assert counters["stats"]["unique_graphs"] == 1
     torch._dynamo.reset()
+
+
+def test_notebook_network_is_the_cifar100_notebooks_layers():
+    """The CIFAR-100 notebook's AlexNet (seed document 003): BatchNorm after conv1 only, no LRN, dropout after
+    the hidden FC layers' ReLUs, PyTorch's default init; not its ReLU on the logits."""
+    from alexnet_exp.model import ChannelSumLRN, Dropout, build_model
+
+    torch.manual_seed(0)
+    model = build_model("alexnet", 100, norm="conv1_batchnorm", dropout=0.5, init="pytorch",
+                        dropout_at="fc_outputs")
+    kinds = [type(m).__name__ for m in model.features]
+    assert kinds[:4] == ["Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d"]
+    assert kinds.count("BatchNorm2d") == 1 and not any(isinstance(m, ChannelSumLRN) for m in model.modules())
+    head = [type(m).__name__ for m in model.classifier]
+    assert head == ["Flatten", "Linear", "ReLU", "Dropout", "Linear", "ReLU", "Dropout", "Linear"]
+    # the notebook's parameter count: conv 96/256/384/384/256 (11, 5, 3, 3, 3), BN(96), FC 9216-4096-4096-100
+    convs = [(3, 96, 11), (96, 256, 5), (256, 384, 3), (384, 384, 3), (384, 256, 3)]
+    expected = sum(i * o * k * k + o for i, o, k in convs) + 2 * 96 + (9216 * 4096 + 4096) + (4096 * 4096 + 4096) \
+        + (4096 * 100 + 100)
+    assert sum(p.numel() for p in model.parameters()) == expected
+    # PyTorch's default init: Kaiming-uniform (a = sqrt 5) bounds every weight by 1/sqrt(fan_in), biases too
+    conv1 = model.features[0]
+    bound = 1 / (3 * 11 * 11) ** 0.5
+    assert conv1.weight.abs().max() <= bound and conv1.weight.abs().max() > 0.9 * bound
+    assert conv1.bias.abs().max() <= bound and conv1.bias.abs().min() >= 0 and conv1.bias.abs().sum() > 0
+    logits = model.eval()(torch.randn(2, 3, 227, 227))
+    assert logits.shape == (2, 100) and (logits < 0).any()  # no ReLU on the logits
+    assert isinstance(model.classifier[3], Dropout)

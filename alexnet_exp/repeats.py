@@ -1,0 +1,173 @@
+"""Repeated seeds (`study.repeats: {top_k: K, seeds: S}`): once the search budget is spent, the K best
+configurations are trained again with S further seeds each, as trials of their own (resumable, tracked like any
+trial, never pruned), and the winner is the configuration with the best mean over its seeds.
+
+On a 5,000-image validation split an accuracy near 48% carries about +-1.4 points of sampling noise alone, more
+than the gap between the top trials of a sweep; one seed per configuration lets the noise pick the winner.
+
+The plan (which trials are repeated, with which seeds) is written once into the study, under the study lock, by
+whichever worker finds the search settled first; every worker then runs the planned repeats as they come.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Optional
+
+import optuna
+from optuna.trial import TrialState
+
+from . import names
+from .budget import is_verdict
+from .seed_stats import SeedStats, seed_stats, within_noise
+
+SEED_KEY = "train.seed"
+
+
+@dataclass(frozen=True)
+class RepeatPlan:
+    after_trial: int  # the highest trial number when the plan was made: later sampled trials are surplus
+    seeds: dict[int, list[int]]  # search trial number -> the seeds of its repeats
+
+    @property
+    def planned(self) -> int:
+        return sum(len(s) for s in self.seeds.values())
+
+    def keys(self) -> set[tuple[int, int]]:
+        return {(number, seed) for number, seeds in self.seeds.items() for seed in seeds}
+
+
+@dataclass
+class ConfigGroup:
+    """One configuration: its search trial and the complete repeats of it, with their seed statistics."""
+
+    trial: optuna.trial.FrozenTrial  # the search trial
+    members: list[optuna.trial.FrozenTrial]  # COMPLETE trials of this configuration, the search trial first
+    failed: int  # repeats that ended as a verdict failure (diverged, stalled ...) or were pruned
+    stats: SeedStats
+    tied_with_best: bool = False
+
+
+def load_plan(study: optuna.Study) -> Optional[RepeatPlan]:
+    raw = study.user_attrs.get(names.REPEATS_PLAN)
+    if raw is None:
+        return None
+    data = json.loads(raw)
+    return RepeatPlan(data["after_trial"], {int(k): v for k, v in data["seeds"].items()})
+
+
+def values_of(trial: optuna.trial.FrozenTrial) -> dict:
+    return json.loads(trial.user_attrs.get(names.VALUES, "{}"))
+
+
+def repeat_key(trial: optuna.trial.FrozenTrial) -> Optional[tuple[int, int]]:
+    """(search trial number, seed) of a repeat; None for any other trial."""
+    of = trial.user_attrs.get(names.REPEAT_OF)
+    if of is None:
+        return None
+    return int(of), int(json.loads(trial.user_attrs.get(names.FIXED, "{}"))[SEED_KEY])
+
+
+def is_repeat(trial: optuna.trial.FrozenTrial) -> bool:
+    return names.REPEAT_OF in trial.user_attrs
+
+
+def _configuration(trial: optuna.trial.FrozenTrial) -> str:
+    return json.dumps({k: v for k, v in values_of(trial).items() if k != SEED_KEY}, sort_keys=True)
+
+
+def top_configurations(trials: list[optuna.trial.FrozenTrial], k: int, maximize: bool) -> list[optuna.trial.FrozenTrial]:
+    """The K best COMPLETE search trials with distinct configurations (a baseline and a sampled trial that
+    happen to agree count once), best first; ties keep the lower trial number."""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and not is_repeat(t)]
+    complete.sort(key=lambda t: (-t.value if maximize else t.value, t.number))
+    chosen, seen = [], set()
+    for t in complete:
+        if _configuration(t) not in seen:
+            seen.add(_configuration(t))
+            chosen.append(t)
+        if len(chosen) == k:
+            break
+    return chosen
+
+
+def search_settled(study: optuna.Study, n_trials: int) -> bool:
+    """The search budget is met and no search trial is still running (one of them could still be the best)."""
+    trials = study.get_trials(deepcopy=False)
+    search = [t for t in trials if not is_repeat(t)]
+    return (sum(is_verdict(t) for t in search) >= n_trials
+            and not any(t.state == TrialState.RUNNING for t in search))
+
+
+def _present(trial: optuna.trial.FrozenTrial) -> bool:
+    """A repeat that is done, under way, queued, or interrupted (the next set-up queues it to resume)."""
+    return (trial.state in (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
+            or is_verdict(trial) or trial.user_attrs.get(names.FAIL_KIND) == names.INTERRUPTED)
+
+
+def ensure_repeats(study: optuna.Study, top_k: int, seeds: int, default_seed: int) -> RepeatPlan:
+    """Make the plan if there is none yet, and enqueue every planned repeat that is not present (a repeat
+    that raised an error runs again). Call under the study lock, once the search is settled."""
+    plan = load_plan(study)
+    trials = study.get_trials(deepcopy=False)
+    if plan is None:
+        maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+        top = top_configurations(trials, top_k, maximize)
+        plan = RepeatPlan(max((t.number for t in trials), default=-1), {
+            t.number: [int(values_of(t).get(SEED_KEY, default_seed)) + i for i in range(1, seeds + 1)] for t in top})
+        study.set_user_attr(names.REPEATS_PLAN, json.dumps({"after_trial": plan.after_trial, "seeds": plan.seeds}))
+    present = {repeat_key(t) for t in trials if is_repeat(t) and _present(t)}
+    by_number = {t.number: t for t in trials}
+    for number, seed in sorted(plan.keys() - present):
+        original = by_number[number]
+        fixed = {**json.loads(original.user_attrs.get(names.FIXED, "{}")), SEED_KEY: seed}
+        attrs = {names.REPEAT_OF: number, names.FIXED: json.dumps(fixed)}
+        if names.BASELINE in original.user_attrs:
+            attrs[names.BASELINE] = original.user_attrs[names.BASELINE]
+        study.enqueue_trial(original.params, user_attrs=attrs, skip_if_exists=False)
+    return plan
+
+
+def repeats_state(study: optuna.Study, plan: RepeatPlan) -> tuple[int, int]:
+    """(planned repeats finished, planned repeats running), each (trial, seed) counted once."""
+    finished, running = set(), set()
+    for t in study.get_trials(deepcopy=False):
+        key = repeat_key(t)
+        if key is None or key not in plan.keys():
+            continue
+        if is_verdict(t):
+            finished.add(key)
+        elif t.state == TrialState.RUNNING:
+            running.add(key)
+    return len(finished), len(running - finished)
+
+
+def sweep_complete(study: optuna.Study, n_trials: int, repeats_wanted: bool) -> bool:
+    """Is everything the study asks for done: the search budget, and the planned repeats if it has any?"""
+    if not repeats_wanted:
+        return sum(is_verdict(t) for t in study.get_trials(deepcopy=False) if not is_repeat(t)) >= n_trials
+    plan = load_plan(study)
+    return (plan is not None and search_settled(study, n_trials)
+            and repeats_state(study, plan)[0] >= plan.planned)
+
+
+def config_groups(study: optuna.Study, plan: RepeatPlan,
+                  split_size: Optional[int] = None) -> list[ConfigGroup]:
+    """The repeated configurations, best mean first, each marked when it is within the noise of the best."""
+    trials = study.get_trials(deepcopy=False)
+    by_number = {t.number: t for t in trials}
+    groups = []
+    for number in plan.seeds:
+        original = by_number[number]
+        repeats = [t for t in trials if (repeat_key(t) or (None,))[0] == number]
+        members = [original] + [t for t in repeats if t.state == TrialState.COMPLETE]
+        failed = sum(1 for t in repeats if t.state == TrialState.PRUNED or (is_verdict(t) and t.state == TrialState.FAIL))
+        groups.append(ConfigGroup(original, members, failed, seed_stats([t.value for t in members])))
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    # A configuration that failed on a seed is ranked after every one that completed all of them: a mean over
+    # the seeds that happened to work would hide that it is not reliable.
+    groups.sort(key=lambda g: (g.failed > 0, -g.stats.mean if maximize else g.stats.mean, g.trial.number))
+    if groups:
+        for g in groups:
+            g.tied_with_best = g is not groups[0] and within_noise(g.stats, groups[0].stats, split_size)
+    return groups

@@ -1,0 +1,110 @@
+"""Repeated seeds: the K best configurations trained again with S more seeds, the winner chosen by the mean of
+its seeds on validation, and only then the test split, once."""
+import json
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from alexnet_exp import names
+from alexnet_exp.repeats import config_groups, ensure_repeats, load_plan, repeat_key, top_configurations
+from alexnet_exp.seed_stats import seed_stats, within_noise
+from alexnet_exp.study_store import default_storage
+
+from sweep_helpers import mlflow_runs, run_sweep, write_config
+
+REPEATS = {"name": "tiny", "n_trials": 4, "pruner": "none", "sampler": "random", "seed": 0,
+           "repeats": {"top_k": 2, "seeds": 2}}
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+def _study(name="tiny"):
+    return optuna.load_study(study_name=name, storage=default_storage(name))
+
+
+@pytest.mark.slow
+def test_repeats_retrain_the_best_configurations_and_the_mean_chooses(in_tmp, capsys):
+    config = write_config(in_tmp / "tiny.yaml", study=REPEATS)
+    assert run_sweep(in_tmp, config) == 0
+    out = capsys.readouterr().out
+    study = _study()
+    trials = study.get_trials()
+    search = [t for t in trials if names.REPEAT_OF not in t.user_attrs]
+    repeats = [t for t in trials if names.REPEAT_OF in t.user_attrs]
+    assert len(search) == 4 and len(repeats) == 4  # K x S extra trials, no more
+    plan = load_plan(study)
+    top = top_configurations(search, 2, maximize=True)
+    assert set(plan.seeds) == {t.number for t in top}
+    for t in repeats:
+        origin = trials[t.user_attrs[names.REPEAT_OF]]
+        values, original = json.loads(t.user_attrs[names.VALUES]), json.loads(origin.user_attrs[names.VALUES])
+        assert values["train.seed"] in (1, 2) and original.get("train.seed", 0) == 0
+        assert {k: v for k, v in values.items() if k != "train.seed"} == \
+               {k: v for k, v in original.items() if k != "train.seed"}  # the same configuration, another seed
+        assert t.state == TrialState.COMPLETE and not t.intermediate_values.keys() - set(range(1, 3))
+    # seeds do change the result: the repeats are real trainings, not copies
+    assert len({t.value for t in repeats} | {trials[n].value for n in plan.seeds}) > 2
+    groups = config_groups(study, plan)
+    assert groups[0].stats.mean >= groups[1].stats.mean and groups[0].stats.n == 3
+    # the test split: once, for the configuration with the best mean, over its three seeds' models
+    assert study.user_attrs[names.TEST_EVALUATED_TRIAL] == groups[0].trial.number
+    assert study.user_attrs[names.TEST_METRICS]["test_seeds"] == 3
+    client, (parent,), children = mlflow_runs(in_tmp)
+    assert len(children) == 8
+    assert len(client.get_metric_history(parent.info.run_id, "test_accuracy")) == 1
+    tested = [c for c in children if "test_accuracy" in c.data.metrics]
+    assert sorted(int(c.data.tags["trial"]) for c in tested) == sorted(t.number for t in groups[0].members)
+    assert f"best trial {groups[0].trial.number}" in out and "over 3 seeds" in out
+    # a rerun finds everything done: no trial, no second test evaluation
+    assert run_sweep(in_tmp, config) == 0
+    assert len(_study().get_trials()) == 8
+    assert len(client.get_metric_history(parent.info.run_id, "test_accuracy")) == 1
+
+
+def test_plan_and_errored_repeats_are_queued_again():
+    """The plan is made once; a repeat that raised an error is queued again, an interrupted one is left to
+    resume, a finished one is not repeated."""
+    study = optuna.create_study(direction="maximize")
+    # trial 4 has trial 1's configuration: the two count once, by the better of them
+    for lr, value in ((0.01, 0.5), (0.02, 0.9), (0.03, 0.7), (0.04, 0.9), (0.02, 0.95)):
+        study.enqueue_trial({"train.lr": lr}, user_attrs={names.VALUES: json.dumps({"train.lr": lr})})
+        trial = study.ask({"train.lr": optuna.distributions.FloatDistribution(0.0, 1.0)})
+        study.tell(trial, value)
+    plan = ensure_repeats(study, top_k=2, seeds=2, default_seed=7)
+    assert plan.seeds == {4: [8, 9], 3: [8, 9]} and plan.after_trial == 4
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert sorted(repeat_key(t) for t in waiting) == [(3, 8), (3, 9), (4, 8), (4, 9)]
+    assert sorted(t.system_attrs["fixed_params"]["train.lr"] for t in waiting) == [0.02, 0.02, 0.04, 0.04]
+    # run them: one completes, one raises an error, one is interrupted, one is still queued
+    outcomes = [("done", 0.91), ("error", None), ("interrupted", None)]
+    for kind, value in outcomes:
+        trial = study.ask({"train.lr": optuna.distributions.FloatDistribution(0.0, 1.0)})
+        if value is not None:
+            study.tell(trial, value)
+        else:
+            trial.set_user_attr(names.FAIL_KIND, kind)
+            study.tell(trial, state=TrialState.FAIL)
+    again = ensure_repeats(study, top_k=3, seeds=5, default_seed=0)  # another config cannot change the plan
+    assert again == plan
+    queued = sorted(repeat_key(t) for t in study.get_trials(states=(TrialState.WAITING,)))
+    assert queued == [(3, 9), (4, 9)]  # the errored (3, 9) again, the untouched (4, 9) once; (4, 8) resumes
+
+
+def test_ties_are_called_ties():
+    a, b = seed_stats([0.80, 0.82, 0.81]), seed_stats([0.79, 0.83, 0.80])
+    assert within_noise(a, b)
+    assert not within_noise(seed_stats([0.90, 0.91, 0.905]), seed_stats([0.80, 0.81, 0.805]))
+    # one seed each: equal values are a tie; with the validation split's size, so is a gap inside its noise
+    assert within_noise(seed_stats([1.0]), seed_stats([1.0]))
+    assert not within_noise(seed_stats([0.48]), seed_stats([0.47]))
+    assert within_noise(seed_stats([0.48]), seed_stats([0.47]), split_size=5000)
+    assert not within_noise(seed_stats([0.48]), seed_stats([0.40]), split_size=5000)
+    s = seed_stats([0.80, 0.82, 0.81])
+    assert s.mean == pytest.approx(0.81) and s.std == pytest.approx(0.01)
+    assert s.low == pytest.approx(0.81 - 4.302653 * 0.01 / 3 ** 0.5, rel=1e-5)
