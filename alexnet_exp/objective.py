@@ -64,10 +64,13 @@ def data_digest(config: RunConfig) -> str:
 
 
 def best_value(study: optuna.Study) -> Optional[float]:
-    try:
-        return study.best_value
-    except ValueError:  # no complete trial yet
+    """The best value of the search trials, None before one completes. Repeats are left out: a lucky seed of
+    a repeated configuration is not a better configuration (the mean over its seeds decides, repeats.py)."""
+    values = [t.value for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+              if not is_repeat(t)]
+    if not values:
         return None
+    return max(values) if study.direction == optuna.study.StudyDirection.MAXIMIZE else min(values)
 
 
 def _release_memory() -> None:

@@ -27,6 +27,17 @@ from .report_render import Block, Figure, fmt as _fmt, render_html, render_markd
 IMPORTANCE_MIN_TRIALS = 10
 
 
+def _test_sentence(test: dict) -> str:
+    if not test:
+        return " Not yet evaluated on the held-out test split (the sweep does it when it ends)."
+    if test.get("test_seeds", 1) > 1:  # repeats: each of the chosen configuration's seeds' models, once
+        return (f" Held-out test split (evaluated once, for this configuration only; mean ± std of its "
+                f"{int(test['test_seeds'])} seeds' models): accuracy {test['test_accuracy']:.4f} ± "
+                f"{test['test_accuracy_std']:.4f}, macro-F1 {test['test_macro_f1']:.4f} ± {test['test_macro_f1_std']:.4f}.")
+    return (f" Held-out test split (evaluated once, for this trial only): accuracy {test['test_accuracy']:.4f}, "
+            f"macro-F1 {test['test_macro_f1']:.4f}.")
+
+
 def _header(data: StudyData) -> list[Block]:
     counts = data.counts()
     total = sum(t.duration_s or 0 for t in data.trials)
@@ -42,10 +53,7 @@ def _header(data: StudyData) -> list[Block]:
         lines.append("No trial has completed yet: there is no best trial, and the tables and figures below "
                      "show what has been reported so far.")
     else:
-        test = (f" Held-out test split (evaluated once, for this trial only): accuracy "
-                f"{data.test_metrics['test_accuracy']:.4f}, macro-F1 {data.test_metrics['test_macro_f1']:.4f}."
-                if data.test_metrics else " Not yet evaluated on the held-out test split (the sweep does it "
-                                          "when it ends).")
+        test = _test_sentence(data.test_metrics)
         what = ", ".join(([best.baseline] if best.baseline else [])
                          + ([f"a repeat of trial {best.repeat_of}"] if best.repeat_of is not None else []))
         curves = "".join(f", validation {label} {best.last(metric):.4f}" for metric, label in
@@ -82,7 +90,7 @@ def study_report(data: StudyData, out_dir: Path, weights_root: Path = names.SWEE
         if path is not None:
             blocks.append(Figure(path, caption))
         else:
-            missing.append(f"{caption.split(':')[0]}: {why}")
+            missing.append(f"{caption.split(':')[0].split(' (')[0]}: {why}")
 
     add(figures.loss_curves(data, out_dir / "loss_curves.png"),
         "Loss curves: training and validation loss per epoch; best trial thick green, pruned dashed, failed dotted")

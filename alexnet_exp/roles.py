@@ -141,9 +141,12 @@ def run_worker(run: SweepStudy, cache: DataCache, run_tags: dict[str, Any], quie
         note = trial.user_attrs.get(names.FAIL_REASON, "")
         if trial.state == TrialState.PRUNED:
             note = f"pruned at epoch {trial.user_attrs.get(names.PRUNED_AT_EPOCH, '?')}"
+        if names.REPEAT_OF in trial.user_attrs:
+            note = "; ".join(filter(None, [f"repeat of trial {trial.user_attrs[names.REPEAT_OF]}", note]))
         best = _best_value(study)
         progress.trial_finished(trial.number, trial.state.name, value, note, best, is_verdict(trial))
-        if value is not None and value == best:  # a new best: the parent's optimisation-history chart in MLflow
+        if value is not None and value == best and names.REPEAT_OF not in trial.user_attrs:
+            # a new best: the parent's optimisation-history chart in MLflow
             try:
                 run.tracker.log_metrics(run.parent_id, {f"best_{s.metric}": best}, step=trial.number)
             except Exception as exc:  # a chart point is not worth a trial

@@ -61,6 +61,12 @@ def test_repeats_retrain_the_best_configurations_and_the_mean_chooses(in_tmp, ca
     tested = [c for c in children if "test_accuracy" in c.data.metrics]
     assert sorted(int(c.data.tags["trial"]) for c in tested) == sorted(t.number for t in groups[0].members)
     assert f"best trial {groups[0].trial.number}" in out and "over 3 seeds" in out
+    # the report: the chosen configuration's test figures as the mean of its seeds' models, its seed statistics
+    from alexnet_exp import report
+    assert report.main(["--study", "tiny", "--tracking-uri", f"sqlite:///{in_tmp / 'mlflow.db'}"]) == 0
+    text = (in_tmp / "reports" / "tiny" / "report.md").read_text()
+    assert f"**Best trial {groups[0].trial.number}**" in text
+    assert "mean ± std of its 3 seeds' models" in text and groups[0].stats.text() in text
     # a rerun finds everything done: no trial, no second test evaluation
     assert run_sweep(in_tmp, config) == 0
     assert len(_study().get_trials()) == 8
