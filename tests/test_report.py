@@ -297,8 +297,8 @@ def test_importance_warning_under_ten_trials(noisy):
 def test_reference_rows_name_their_own_source(in_swept):
     import dataclasses
 
-    from alexnet_exp.report_data import load_study_data
-    from alexnet_exp.report_references import reference_blocks
+    from alexnet_exp.report.data import load_study_data
+    from alexnet_exp.report.references import reference_blocks
 
     data = load_study_data("tiny", f"sqlite:///{in_swept / 'sweeps/tiny/optuna.db'}")
     for dataset, expected in {"cifar10": {0.7082: "seed document 000", 0.6436: "seed document 004"},

@@ -1,4 +1,4 @@
-"""`python -m alexnet_exp.report`: compare the trials of a sweep, like the hand-written list it replaces.
+"""The report's command line and page layout: which blocks, tables and figures a study's report holds.
 
 Reads the Optuna study and its MLflow runs (never trains, needs no GPU) and writes `reports/<study>/`:
 report.md, a self-contained report.html, trials.csv and the figures as PNG; the report also goes to the study's
@@ -14,14 +14,14 @@ from typing import Optional
 
 import pandas as pd
 
-from . import names
-from .redaction import redact_url
-from . import report_figures as figures
-from . import report_study_figures as study_figures
-from .report_data import StudyData, discover_studies, load_study_data, trials_frame
-from .report_noise import configurations, labels_by_trial, noise_blocks
-from .report_references import reference_blocks, reported_blocks
-from .report_render import Block, Figure, fmt as _fmt, render_html, render_markdown
+from .. import names
+from ..redaction import redact_url
+from . import figures
+from . import study_figures
+from .data import StudyData, discover_studies, load_study_data, trials_frame
+from .noise import configurations, labels_by_trial, noise_blocks
+from .references import reference_blocks, reported_blocks
+from .render import Block, Figure, fmt as _fmt, render_html, render_markdown
 
 # Below this many complete trials, fANOVA's importances are mostly noise (issue 12).
 IMPORTANCE_MIN_TRIALS = 10
@@ -167,7 +167,7 @@ def comparison_report(studies: list[StudyData], out_dir: Path) -> list[Path]:
 def log_to_parent_run(data: StudyData, files: list[Path]) -> bool:
     if not data.parent_run_id:
         return False
-    from .tracking import Tracker
+    from ..tracking import Tracker
 
     tracker = Tracker(data.tracking_uri, (data.config.study.experiment if data.config else None) or data.name)
     if not tracker.run_exists(data.parent_run_id):
@@ -221,7 +221,3 @@ def main(argv: Optional[list[str]] = None) -> int:
         comparison_report(studies, folder)
         print(f"comparison: {folder / 'report.html'}")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

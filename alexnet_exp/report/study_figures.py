@@ -1,6 +1,6 @@
 """Study-level figures: parallel coordinates and slice plots of every sampled parameter (Optuna's matplotlib
 visualisations), and the trials of each worker on a time axis. Each returns the written path(s), or None / []
-with the reason when there is nothing to draw (report_figures.py has the per-trial ones)."""
+with the reason when there is nothing to draw (figures.py has the per-trial ones)."""
 from __future__ import annotations
 
 import datetime as dt
@@ -13,9 +13,9 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from .figures_common import plt
-from .report_data import StudyData
-from .report_figures import STYLE, _save
+from ..figures_common import plt
+from .data import StudyData
+from .figures import STYLE, _save
 
 SLICES_PER_FIGURE = 4  # Optuna draws one row of panels; 14 of them in one row would be unreadable
 

@@ -15,10 +15,10 @@ import pandas as pd
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from . import names
-from .config import ConfigError, RunConfig, config_from_dict, parse_yaml
-from .repeats import config_groups, load_plan
-from .tracking import resolve_tracking_uri
+from .. import names
+from ..config import ConfigError, RunConfig, config_from_dict, parse_yaml
+from ..repeats import config_groups, load_plan
+from ..tracking import resolve_tracking_uri
 
 CURVES = ("train_loss", "val_loss", "val_accuracy", "val_macro_f1")
 
@@ -267,7 +267,7 @@ def _param_value(t: TrialRow, key: str, sampled: set[str]) -> Any:
 
 def trials_frame(data: StudyData, vs_best: Optional[dict[int, str]] = None) -> pd.DataFrame:
     """The comparison table: one row per trial with every parameter as a column, best first by the objective.
-    `vs_best`: trial number -> its configuration's standing against the best (report_noise.py)."""
+    `vs_best`: trial number -> its configuration's standing against the best (noise.py)."""
     columns = param_columns(data)
     sampled = set(data.config.space) if data.config else set()
     repeats = any(t.repeat_of is not None for t in data.trials)

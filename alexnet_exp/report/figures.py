@@ -9,8 +9,8 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from .figures_common import confusion_png, plt
-from .report_data import StudyData
+from ..figures_common import confusion_png, plt
+from .data import StudyData
 
 STYLE = {"COMPLETE": dict(color="0.55", lw=1.0, ls="-", alpha=0.8),
          "PRUNED": dict(color="tab:orange", lw=0.9, ls="--", alpha=0.7),

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .report_data import StudyData, TrialRow
-from .report_noise import Configuration
+from .data import StudyData, TrialRow
+from .noise import Configuration
 
 # Each seed document's own figures, read from /work/shared/seeds (000..004); None where it reports none.
 # Documents 001 and 002 (ImageNet notes; 002 uses pretrained weights) report no figure of their own.
