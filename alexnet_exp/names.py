@@ -36,6 +36,7 @@ PARENT_RUN_ID = "mlflow_parent_run_id"
 BASELINES_ENQUEUED = "baselines_enqueued"
 TEST_EVALUATED_TRIAL = "test_evaluated_trial"
 TEST_METRICS = "test_metrics"
+TEST_EVALUATED_TRIALS = "test_evaluated_trials"  # the trials whose models were evaluated (a repeated configuration's)
 REPEATS_PLAN = "repeats_plan"  # JSON {search trial number: [seeds]}: the configurations retrained with more seeds
 ENVIRONMENT = "environment"  # the latest invocation: command (redacted), versions, device
 

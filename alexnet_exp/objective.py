@@ -20,15 +20,15 @@ import optuna
 import torch
 
 from . import names
-from .budget import surplus
-from .config import ConfigError, RunConfig, dump_config
+from .budget import is_repeat, surplus
+from .config import ConfigError, RepeatsConfig, RunConfig, dump_config
 from .pipeline import DataCache, input_size, make_augmenter, make_model, train_run
 from .figures_common import confusion_png
 from .progress import SweepProgress
 from .progress import warn as _warn
 from .pruning import record_budget
 from .redaction import redact_text
-from .repeats import is_repeat, load_plan
+from .repeats import load_plan
 from .retries import retry_transient
 from .space import suggest
 from .tracking import Tracker
@@ -163,14 +163,16 @@ def _record_interrupted(trial: optuna.Trial, ctx: TrialContext, run_id: Optional
     _finish_run(ctx, run_id, "FAILED", {names.STATE_TAG: "FAIL", names.FAIL_KIND: kind, names.FAIL_REASON: reason})
 
 
-def _is_surplus(trial: optuna.Trial, n_trials: int) -> bool:
+def _is_surplus(trial: optuna.Trial, n_trials: int, repeats: Optional[RepeatsConfig]) -> bool:
     """A sampled trial beyond the search budget: taken at the same moment as the last slot, or started once
-    the repeats are planned (a worker that found no queued repeat left). Planned repeats are never surplus."""
+    the repeats for this budget are planned (a worker that found no queued repeat left). Planned repeats are
+    never surplus."""
     frozen = trial.study._storage.get_trial(trial._trial_id)
     if is_repeat(frozen):
         return False
-    plan = load_plan(trial.study)
-    if plan is not None and trial.number > plan.after_trial and "failed_trial" not in frozen.system_attrs:
+    plan = load_plan(trial.study) if repeats is not None else None
+    if (plan is not None and plan.made_for(n_trials, repeats.top_k, repeats.seeds)
+            and trial.number > plan.after_trial and "failed_trial" not in frozen.system_attrs):
         return True
     return surplus(trial.study, trial.number, n_trials)
 
@@ -197,7 +199,7 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext, n_trials: int) -> float:
 
 
 def _run_trial(trial: optuna.Trial, ctx: TrialContext, n_trials: int) -> float:
-    if _is_surplus(trial, n_trials):
+    if _is_surplus(trial, n_trials, ctx.base.study.repeats):
         raise TrialFailed(*_record_failure(trial, names.SURPLUS, "the budget was taken by other workers' trials"))
     fixed = json.loads(trial.user_attrs.get(names.FIXED, "{}"))  # a baseline's exact values
     values = suggest(trial, ctx.base.space, fixed)
@@ -218,6 +220,8 @@ def _run_trial(trial: optuna.Trial, ctx: TrialContext, n_trials: int) -> float:
     except ConfigError as exc:
         run_id = ctx.tracker.start_trial(ctx.parent_run_id, f"trial-{trial.number}", values, tags)
         return _fail(trial, ctx, run_id, names.INVALID, "; ".join(exc.errors))
+    if names.REPORTED in trial.user_attrs:  # a replay trains every epoch its document trained, a dead run too
+        config = config.with_values({"train.stall_epochs": config.train.epochs + 1})
     tags.update(dataset=config.data.dataset, model=config.model.arch)
     run_id = None
     try:

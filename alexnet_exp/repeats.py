@@ -18,7 +18,7 @@ import optuna
 from optuna.trial import TrialState
 
 from . import names
-from .budget import is_verdict
+from .budget import budget_state, is_repeat, is_verdict
 from .seed_stats import SeedStats, seed_stats, within_noise
 
 SEED_KEY = "train.seed"
@@ -28,6 +28,13 @@ SEED_KEY = "train.seed"
 class RepeatPlan:
     after_trial: int  # the highest trial number when the plan was made: later sampled trials are surplus
     seeds: dict[int, list[int]]  # search trial number -> the seeds of its repeats
+    # what it was made for: a resume with a larger search budget, or other repeats settings, plans anew
+    n_trials: int = 0
+    top_k: int = 0
+    n_seeds: int = 0
+
+    def made_for(self, n_trials: int, top_k: int, seeds: int) -> bool:
+        return (self.n_trials, self.top_k, self.n_seeds) == (n_trials, top_k, seeds)
 
     @property
     def planned(self) -> int:
@@ -53,7 +60,8 @@ def load_plan(study: optuna.Study) -> Optional[RepeatPlan]:
     if raw is None:
         return None
     data = json.loads(raw)
-    return RepeatPlan(data["after_trial"], {int(k): v for k, v in data["seeds"].items()})
+    return RepeatPlan(data["after_trial"], {int(k): v for k, v in data["seeds"].items()}, data.get("n_trials", 0),
+                      data.get("top_k", 0), data.get("n_seeds", 0))
 
 
 def values_of(trial: optuna.trial.FrozenTrial) -> dict:
@@ -66,10 +74,6 @@ def repeat_key(trial: optuna.trial.FrozenTrial) -> Optional[tuple[int, int]]:
     if of is None:
         return None
     return int(of), int(json.loads(trial.user_attrs.get(names.FIXED, "{}"))[SEED_KEY])
-
-
-def is_repeat(trial: optuna.trial.FrozenTrial) -> bool:
-    return names.REPEAT_OF in trial.user_attrs
 
 
 def _configuration(trial: optuna.trial.FrozenTrial) -> str:
@@ -93,30 +97,36 @@ def top_configurations(trials: list[optuna.trial.FrozenTrial], k: int, maximize:
 
 def search_settled(study: optuna.Study, n_trials: int) -> bool:
     """The search budget is met and no search trial is still running (one of them could still be the best)."""
-    trials = study.get_trials(deepcopy=False)
-    search = [t for t in trials if not is_repeat(t)]
-    return (sum(is_verdict(t) for t in search) >= n_trials
-            and not any(t.state == TrialState.RUNNING for t in search))
+    finished, running = budget_state(study)
+    return finished >= n_trials and not running
 
 
-def _present(trial: optuna.trial.FrozenTrial) -> bool:
-    """A repeat that is done, under way, queued, or interrupted (the next set-up queues it to resume)."""
+def _present(trial: optuna.trial.FrozenTrial, max_retries: int) -> bool:
+    """A repeat that is done, under way or queued, or that its worker lost and Optuna is about to retry (it
+    fails the stale trial first and queues the retry just after, outside any lock of ours)."""
+    retries_left = len(trial.system_attrs.get("retry_history", [])) < max_retries
     return (trial.state in (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
-            or is_verdict(trial) or trial.user_attrs.get(names.FAIL_KIND) == names.INTERRUPTED)
+            or is_verdict(trial) or (trial.user_attrs.get(names.FAIL_KIND) == names.LOST and retries_left))
 
 
-def ensure_repeats(study: optuna.Study, top_k: int, seeds: int, default_seed: int) -> RepeatPlan:
-    """Make the plan if there is none yet, and enqueue every planned repeat that is not present (a repeat
-    that raised an error runs again). Call under the study lock, once the search is settled."""
+def ensure_repeats(study: optuna.Study, n_trials: int, top_k: int, seeds: int, default_seed: int,
+                   max_retries: int = 2) -> RepeatPlan:
+    """Make the plan if there is none for this search budget and these settings (a resume with a larger
+    `n_trials` plans again, among all search trials), and enqueue every planned repeat that is not present (a
+    repeat that raised an error runs again; one already trained for an earlier plan counts). Call under the
+    study lock, once the search is settled, after queueing interrupted trials to resume."""
     plan = load_plan(study)
     trials = study.get_trials(deepcopy=False)
-    if plan is None:
+    if plan is None or not plan.made_for(n_trials, top_k, seeds):
         maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
         top = top_configurations(trials, top_k, maximize)
         plan = RepeatPlan(max((t.number for t in trials), default=-1), {
-            t.number: [int(values_of(t).get(SEED_KEY, default_seed)) + i for i in range(1, seeds + 1)] for t in top})
-        study.set_user_attr(names.REPEATS_PLAN, json.dumps({"after_trial": plan.after_trial, "seeds": plan.seeds}))
-    present = {repeat_key(t) for t in trials if is_repeat(t) and _present(t)}
+            t.number: [int(values_of(t).get(SEED_KEY, default_seed)) + i for i in range(1, seeds + 1)] for t in top},
+            n_trials, top_k, seeds)
+        study.set_user_attr(names.REPEATS_PLAN, json.dumps({
+            "after_trial": plan.after_trial, "seeds": plan.seeds, "n_trials": n_trials, "top_k": top_k,
+            "n_seeds": seeds}))
+    present = {repeat_key(t) for t in trials if is_repeat(t) and _present(t, max_retries)}
     by_number = {t.number: t for t in trials}
     for number, seed in sorted(plan.keys() - present):
         original = by_number[number]
@@ -142,12 +152,13 @@ def repeats_state(study: optuna.Study, plan: RepeatPlan) -> tuple[int, int]:
     return len(finished), len(running - finished)
 
 
-def sweep_complete(study: optuna.Study, n_trials: int, repeats_wanted: bool) -> bool:
-    """Is everything the study asks for done: the search budget, and the planned repeats if it has any?"""
-    if not repeats_wanted:
-        return sum(is_verdict(t) for t in study.get_trials(deepcopy=False) if not is_repeat(t)) >= n_trials
+def sweep_complete(study: optuna.Study, n_trials: int, repeats: Optional[tuple[int, int]]) -> bool:
+    """Is everything the study asks for done: the search budget, and with `repeats` (top_k, seeds) the
+    repeats planned for this budget and these settings?"""
+    if repeats is None:
+        return budget_state(study)[0] >= n_trials
     plan = load_plan(study)
-    return (plan is not None and search_settled(study, n_trials)
+    return (plan is not None and plan.made_for(n_trials, *repeats) and search_settled(study, n_trials)
             and repeats_state(study, plan)[0] >= plan.planned)
 
 
@@ -160,7 +171,11 @@ def config_groups(study: optuna.Study, plan: RepeatPlan,
     for number in plan.seeds:
         original = by_number[number]
         repeats = [t for t in trials if (repeat_key(t) or (None,))[0] == number]
-        members = [original] + [t for t in repeats if t.state == TrialState.COMPLETE]
+        by_seed = {}  # one result per seed: a lost repeat queued twice (see _present) must not count twice
+        for t in repeats:
+            if t.state == TrialState.COMPLETE:
+                by_seed.setdefault(repeat_key(t), t)
+        members = [original] + list(by_seed.values())
         failed = sum(1 for t in repeats if t.state == TrialState.PRUNED or (is_verdict(t) and t.state == TrialState.FAIL))
         groups.append(ConfigGroup(original, members, failed, seed_stats([t.value for t in members])))
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE

@@ -20,14 +20,14 @@ import optuna
 from optuna.trial import TrialState
 
 from . import names
-from .budget import budget_state, is_verdict
+from .budget import budget_state, is_repeat, is_verdict
 from .config import RunConfig, dump_config
 from .locks import study_lock
 from .objective import TrialContext, best_value as _best_value, evaluate_on_test, run_trial
 from .pipeline import DataCache, input_size, make_augmenter
 from .progress import SweepProgress, warn, worker_label
 from .redaction import redact_url
-from .study_store import enqueue_baselines, open_study, requeue_interrupted
+from .study_store import MAX_RETRIES, enqueue_baselines, open_study, requeue_interrupted
 from .tracking import Tracker
 from .trial_state import TrialStateStore
 from .seed_stats import seed_stats
@@ -152,11 +152,12 @@ def run_worker(run: SweepStudy, cache: DataCache, run_tags: dict[str, Any], quie
             except Exception as exc:  # a chart point is not worth a trial
                 warn("could not log the best value on the parent run", exc)
 
+    deadline = None if s.timeout is None else time.monotonic() + s.timeout
     try:
         why = run_trials(study, lambda trial: run_trial(trial, ctx, s.n_trials), s.n_trials, s.timeout,
                          after_trial, max_errors=max(3, s.n_trials))
         if why == "budget" and s.repeats is not None:
-            why = _run_repeats(run, ctx, after_trial)
+            why = _run_repeats(run, ctx, after_trial, deadline)
         if why == "errors":
             print(f"{worker_label()}stopping: {max(3, s.n_trials)} trials of this run raised errors (see their "
                   f"MLflow runs' {names.ERROR_ARTIFACT}); fix the cause and run the same command again",
@@ -170,30 +171,37 @@ def run_worker(run: SweepStudy, cache: DataCache, run_tags: dict[str, Any], quie
         progress.close()
 
 
-def _run_repeats(run: SweepStudy, ctx: TrialContext, after_trial) -> str:
+def _run_repeats(run: SweepStudy, ctx: TrialContext, after_trial, deadline: Optional[float]) -> str:
     """The repeats' phase: once no search trial runs any more (one of them may still be the best), plan the
-    repeats (once, under the lock) and run planned repeats until all of them are finished."""
+    repeats (once, under the lock) and run planned repeats until all of them are finished. `deadline`
+    (time.monotonic) is the study's timeout, shared with the search phase."""
     s, study = run.config.study, run.study
     while not retry_transient(lambda: search_settled(study, s.n_trials), "the search check"):
+        if deadline is not None and time.monotonic() > deadline:
+            return "timeout"
         optuna.storages.fail_stale_trials(study)  # a dead worker's trial must not hold the repeats back
         time.sleep(POLL_SECONDS)
 
     def top_up() -> RepeatPlan:
         with study_lock(run.storage_url, run.name):
-            return ensure_repeats(study, s.repeats.top_k, s.repeats.seeds, run.config.train.seed)
+            requeue_interrupted(study)  # a repeat stopped by a signal resumes, as at any set-up
+            return ensure_repeats(study, s.n_trials, s.repeats.top_k, s.repeats.seeds, run.config.train.seed,
+                                  MAX_RETRIES)
 
     plan = retry_transient(top_up, "planning the repeats")
     if plan.planned:
         ctx.progress.extend(plan.planned, f"repeating the {len(plan.seeds)} best configuration(s) with "
                                           f"{s.repeats.seeds} more seed(s) each")
-    return run_trials(study, lambda trial: run_trial(trial, ctx, s.n_trials), plan.planned, s.timeout, after_trial,
-                      max_errors=max(3, plan.planned), count=lambda st: repeats_state(st, plan), before_trial=top_up)
+    timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+    return run_trials(study, lambda trial: run_trial(trial, ctx, s.n_trials), plan.planned, timeout, after_trial,
+                      max_errors=max(3, plan.planned), count=lambda st: repeats_state(st, plan), before_trial=top_up,
+                      only_queued=True)
 
 
 def budget_left(run: SweepStudy) -> bool:
     """Is there work left: search trials, or with `study.repeats` the planned repeats?"""
     s = run.config.study
-    return not sweep_complete(run.study, s.n_trials, s.repeats is not None)
+    return not sweep_complete(run.study, s.n_trials, (s.repeats.top_k, s.repeats.seeds) if s.repeats else None)
 
 
 def state_store(run: SweepStudy) -> TrialStateStore:
@@ -248,11 +256,11 @@ def chosen_configuration(run: SweepStudy) -> Optional[tuple[optuna.trial.FrozenT
     groups = config_groups(study, plan) if plan is not None else []
     if groups:
         return groups[0].trial, groups[0].members, groups[0].stats
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if names.REPEAT_OF not in t.user_attrs]
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if not is_repeat(t)]
     if not complete:
         return None
-    best = study.best_trial if study.best_trial in complete else complete[0]
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    best = min(complete, key=lambda t: (-t.value if maximize else t.value, t.number))  # ties: the earlier trial
     return best, [best], None
 
 
@@ -269,8 +277,9 @@ def evaluate_best_once(run: SweepStudy, cache: DataCache, state: TrialStateStore
                "params": json.loads(best.user_attrs[names.VALUES])}
     if stats is not None:
         summary.update(seeds=stats.n, value_std=stats.std, value_low=stats.low, value_high=stats.high)
-    if study.user_attrs.get(names.TEST_EVALUATED_TRIAL) == best.number:
-        summary.update(study.user_attrs.get(names.TEST_METRICS, {}))
+    if (study.user_attrs.get(names.TEST_EVALUATED_TRIAL) == best.number  # the same models: the test split is
+            and study.user_attrs.get(names.TEST_EVALUATED_TRIALS, [best.number]) == [m.number for m in members]):
+        summary.update(study.user_attrs.get(names.TEST_METRICS, {}))  # not read again
         if tracker.registered_model and best.user_attrs.get(names.MLFLOW_RUN_ID):
             try:  # --register-model given after the test evaluation: its model is logged already
                 tracker.register_model(best.user_attrs[names.MLFLOW_RUN_ID])
@@ -313,6 +322,7 @@ def evaluate_best_once(run: SweepStudy, cache: DataCache, state: TrialStateStore
         warn("the parent run's best.* params stay those of an earlier best trial (MLflow params cannot change); "
              "its best_trial tag names the current one", exc)
     study.set_user_attr(names.TEST_EVALUATED_TRIAL, best.number)
+    study.set_user_attr(names.TEST_EVALUATED_TRIALS, [m.number for m in members])
     study.set_user_attr(names.TEST_METRICS, metrics)
     kept = {m.number for m in members}
     finished = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}

@@ -90,6 +90,10 @@ class _TrialSeededGrid(GridSampler):
 
 def grid_points(space: dict[str, SpaceEntry]) -> dict[str, list]:
     grid = {}
+    lists = [p for p, e in space.items() if isinstance(e, list)]
+    if lists:  # each branch would be an axis of its own: every real configuration trained many times over
+        raise ConfigError("study.sampler", [f"space.{p}: the grid sampler cannot take a list of branches; give each "
+                                            f"choice its own categorical values, or use another sampler" for p in lists])
     for path, entry, param in ((p, e, b) for p, e in space.items() for b in branches(e)):
         name = optuna_name(path, entry, param)
         if isinstance(param, CategoricalParam):
@@ -123,9 +127,10 @@ def make_sampler(name: str, options: dict[str, Any], seed: Optional[int],
     }
     if name not in per_trial and name != "grid":
         raise ConfigError("study.sampler", [f"study.sampler: {name!r}; valid: {', '.join([*per_trial, 'grid'])}"])
+    points = grid_points(space) if name == "grid" else None  # its own errors name the space's key
     try:
         if name == "grid":
-            return _TrialSeededGrid(grid_points(space), seed=shared_seed, **options)
+            return _TrialSeededGrid(points, seed=shared_seed, **options)
         return TrialSeededSampler(per_trial[name], study_seed)
     except (TypeError, ValueError, ImportError) as exc:
         raise ConfigError("study.sampler_options", [f"study.sampler_options for {name}: {exc}"]) from None

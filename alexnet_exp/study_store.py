@@ -156,7 +156,11 @@ def open_study(config: RunConfig, storage, sampler, pruner) -> optuna.Study:
         problems.append(f"space: differs in {', '.join(changed)}")
     stored_fixed = json.loads(attrs.get(names.FIXED_VALUES, "{}"))
     now_fixed = fixed_signature(config)
-    changed = sorted(k for k in set(stored_fixed) | set(now_fixed) if stored_fixed.get(k) != now_fixed.get(k))
+    defaults = fixed_signature(RunConfig())
+    # A key the stored study has no value for came with a later version of this tool: at its default it trains
+    # what the study's trials trained, so the study resumes; set to anything else it does not.
+    changed = sorted(k for k in set(stored_fixed) | set(now_fixed) if stored_fixed.get(k) != now_fixed.get(k)
+                     and not (k not in stored_fixed and k in defaults and now_fixed.get(k) == defaults[k]))
     if changed:
         problems.append("fixed values: " + ", ".join(f"{k} stored {stored_fixed.get(k)!r}, now {now_fixed.get(k)!r}"
                                                      for k in changed))

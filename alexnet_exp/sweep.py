@@ -273,11 +273,16 @@ def _launch(run: SweepStudy, report, cache: DataCache, run_tags: dict, argv: lis
                       f"{'not met' if budget_left(run) else 'met'}: run the same command "
                       f"to go on", file=sys.stderr)
     summary = None
+    repeats_pending = why != "interrupted" and s.repeats is not None and budget_left(run)
     if why == "interrupted":
         close_parent(run, "KILLED")
+    elif repeats_pending:  # the winner is chosen by the mean of its seeds: no test evaluation before they are in
+        close_parent(run, "KILLED")
+        print("the repeats are not finished: the test split stays untouched until they are; run the same command "
+              "to go on", file=sys.stderr)
     else:
         summary = finish_study(run, cache, "FINISHED" if why in ("budget", "timeout") else "FAILED")
-    _print_end(run, summary, f" in {time.monotonic() - started:.0f} s", why != "interrupted")
+    _print_end(run, summary, f" in {time.monotonic() - started:.0f} s", why != "interrupted" and not repeats_pending)
     if why == "errors":
         print(f"stopped because trials kept raising errors (exit code {names.EXIT_ERRORS}): see their MLflow "
               f"runs' {names.ERROR_ARTIFACT}, fix the cause, and run the same command to go on", file=sys.stderr)

@@ -32,11 +32,12 @@ def error_pause(consecutive_errors: int) -> float:
 def run_trials(study: optuna.Study, objective: Callable, n_trials: int, timeout: Optional[float],
                after_trial: Callable, max_errors: int,
                count: Callable[[optuna.Study], tuple[int, int]] = budget_state,
-               before_trial: Optional[Callable[[], None]] = None) -> str:
+               before_trial: Optional[Callable[[], None]] = None, only_queued: bool = False) -> str:
     """Run trials one at a time until the global budget is met: `count(study)` gives (trials finished, trials
     running) against `n_trials` (the search budget by default; the planned repeats in their phase), and
-    `before_trial` runs before each (queueing what is missing). Returns why it stopped: `budget`, `timeout`
-    or `errors` (`max_errors` trials of this process raised errors)."""
+    `before_trial` runs before each (queueing what is missing); with `only_queued`, only queued trials run, none
+    is sampled (the repeats: while the last ones run elsewhere, wait). Returns why it stopped: `budget`,
+    `timeout` or `errors` (`max_errors` trials of this process raised errors)."""
     started = time.monotonic()
     errors = consecutive = 0
 
@@ -69,6 +70,10 @@ def run_trials(study: optuna.Study, objective: Callable, n_trials: int, timeout:
         time.sleep(error_pause(consecutive))
         if before_trial is not None:
             retry_transient(before_trial, "queueing the next trial")
+        if only_queued and not retry_transient(
+                lambda: study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)), "the queue"):
+            time.sleep(POLL_SECONDS)
+            continue
         try:
             study.optimize(objective, n_trials=1, callbacks=[on_trial_end], catch=(Exception,),
                            gc_after_trial=False)

@@ -73,33 +73,53 @@ def test_repeats_retrain_the_best_configurations_and_the_mean_chooses(in_tmp, ca
     assert len(client.get_metric_history(parent.info.run_id, "test_accuracy")) == 1
 
 
+def _ask(study):
+    return study.ask({"train.lr": optuna.distributions.FloatDistribution(0.0, 1.0)})
+
+
 def test_plan_and_errored_repeats_are_queued_again():
-    """The plan is made once; a repeat that raised an error is queued again, an interrupted one is left to
-    resume, a finished one is not repeated."""
+    """The plan is made once per search budget; a repeat that raised an error is queued again, a finished one
+    or one Optuna is about to retry (lost) is not."""
     study = optuna.create_study(direction="maximize")
     # trial 4 has trial 1's configuration: the two count once, by the better of them
     for lr, value in ((0.01, 0.5), (0.02, 0.9), (0.03, 0.7), (0.04, 0.9), (0.02, 0.95)):
         study.enqueue_trial({"train.lr": lr}, user_attrs={names.VALUES: json.dumps({"train.lr": lr})})
-        trial = study.ask({"train.lr": optuna.distributions.FloatDistribution(0.0, 1.0)})
-        study.tell(trial, value)
-    plan = ensure_repeats(study, top_k=2, seeds=2, default_seed=7)
+        study.tell(_ask(study), value)
+    plan = ensure_repeats(study, n_trials=5, top_k=2, seeds=2, default_seed=7)
     assert plan.seeds == {4: [8, 9], 3: [8, 9]} and plan.after_trial == 4
     waiting = study.get_trials(states=(TrialState.WAITING,))
     assert sorted(repeat_key(t) for t in waiting) == [(3, 8), (3, 9), (4, 8), (4, 9)]
     assert sorted(t.system_attrs["fixed_params"]["train.lr"] for t in waiting) == [0.02, 0.02, 0.04, 0.04]
-    # run them: one completes, one raises an error, one is interrupted, one is still queued
-    outcomes = [("done", 0.91), ("error", None), ("interrupted", None)]
-    for kind, value in outcomes:
-        trial = study.ask({"train.lr": optuna.distributions.FloatDistribution(0.0, 1.0)})
+    # run them: one completes, one raises an error, one is lost (its retry is on its way), one is still queued
+    for kind, value in (("done", 0.91), ("error", None), ("lost", None)):
+        trial = _ask(study)
         if value is not None:
             study.tell(trial, value)
         else:
             trial.set_user_attr(names.FAIL_KIND, kind)
             study.tell(trial, state=TrialState.FAIL)
-    again = ensure_repeats(study, top_k=3, seeds=5, default_seed=0)  # another config cannot change the plan
-    assert again == plan
+    assert ensure_repeats(study, n_trials=5, top_k=2, seeds=2, default_seed=7) == plan  # made once
     queued = sorted(repeat_key(t) for t in study.get_trials(states=(TrialState.WAITING,)))
-    assert queued == [(3, 9), (4, 9)]  # the errored (3, 9) again, the untouched (4, 9) once; (4, 8) resumes
+    assert queued == [(3, 9), (4, 9)]  # the errored (3, 9) again, the untouched (4, 9) once, not the lost (4, 8)
+
+
+def test_a_larger_budget_searches_on_and_plans_again(in_tmp):
+    """Resumed with more trials after its repeats: the search goes on (no trial refused as surplus), and the
+    repeats are planned again among all search trials, keeping those already trained."""
+    config = write_config(in_tmp / "tiny.yaml", study={**REPEATS, "n_trials": 2, "repeats": {"top_k": 1, "seeds": 1}})
+    assert run_sweep(in_tmp, config) == 0
+    first = load_plan(_study())
+    assert first.n_trials == 2 and first.planned == 1 and len(_study().trials) == 3
+    assert run_sweep(in_tmp, config, "--trials", "4") == 0
+    study = _study()
+    search = [t for t in study.trials if names.REPEAT_OF not in t.user_attrs]
+    assert len(search) == 4 and all(t.user_attrs.get(names.FAIL_KIND) != names.SURPLUS for t in search)
+    plan = load_plan(study)
+    assert plan.n_trials == 4 and plan.after_trial >= 4
+    repeats = [t for t in study.trials if names.REPEAT_OF in t.user_attrs]
+    # the first plan's repeat is kept; a new one only if another configuration is now the best
+    assert len(repeats) == (1 if plan.seeds == first.seeds else 2)
+    assert study.user_attrs[names.TEST_EVALUATED_TRIAL] == config_groups(study, plan)[0].trial.number
 
 
 def test_ties_are_called_ties():
@@ -114,3 +134,29 @@ def test_ties_are_called_ties():
     s = seed_stats([0.80, 0.82, 0.81])
     assert s.mean == pytest.approx(0.81) and s.std == pytest.approx(0.01)
     assert s.low == pytest.approx(0.81 - 4.302653 * 0.01 / 3 ** 0.5, rel=1e-5)
+
+
+def test_an_interrupted_repeat_resumes_and_no_trial_is_sampled_meanwhile(tmp_path):
+    """A repeat stopped by SIGTERM (a preempted --join task) is queued to resume once, by the workers still in
+    the repeats' phase; while nothing is queued they wait instead of sampling trials that would be surplus."""
+    from alexnet_exp.study_store import requeue_interrupted
+    from alexnet_exp.workers import run_trials
+
+    study = optuna.create_study(direction="maximize", storage=f"sqlite:///{tmp_path / 'o.db'}")
+    study.enqueue_trial({"train.lr": 0.01}, user_attrs={names.VALUES: json.dumps({"train.lr": 0.01})})
+    study.tell(_ask(study), 0.5)
+    plan = ensure_repeats(study, n_trials=1, top_k=1, seeds=1, default_seed=0)
+    trial = _ask(study)
+    trial.set_user_attr(names.FAIL_KIND, names.INTERRUPTED)
+    study.tell(trial, state=TrialState.FAIL)
+    for _ in range(2):  # two workers topping up, one after the other
+        requeue_interrupted(study)
+        ensure_repeats(study, n_trials=1, top_k=1, seeds=1, default_seed=0)
+    (resume,) = study.get_trials(states=(TrialState.WAITING,))
+    assert repeat_key(resume) == (0, 1) and resume.system_attrs["failed_trial"] == trial.number
+    study.tell(_ask(study), 0.6)  # another worker takes it
+
+    calls = []
+    why = run_trials(study, lambda t: calls.append(t) or 0.0, plan.planned, timeout=1.5, after_trial=lambda s, t: None,
+                     max_errors=3, count=lambda s: (0, 0), only_queued=True)  # as if the repeat were still missing
+    assert why == "timeout" and calls == [] and len(study.trials) == 3

@@ -95,3 +95,14 @@ def test_reported_figures_are_validated():
     errors = errors_of({"baselines": [{"name": "x", "reported": {"accuracy": 48.2, "f1": 0.4}}]})
     assert "baselines[0].reported.accuracy: Input should be less than or equal to 1" in errors
     assert "baselines[0].reported.f1: Extra inputs are not permitted" in errors
+
+
+def test_grid_sampler_refuses_branches():
+    from alexnet_exp.samplers import make_sampler
+
+    config = config_from_dict(space({**SGD_LR, "step": 0.01, "log": False}, {**ADAM_LR, "log": False, "step": 1.0e-4,
+                                                                             "high": 1.0e-3}))
+    with pytest.raises(ConfigError) as info:
+        make_sampler("grid", {}, 0, config.space)
+    assert info.value.errors == ["space.train.lr: the grid sampler cannot take a list of branches; give each choice "
+                                 "its own categorical values, or use another sampler"]

@@ -233,3 +233,24 @@ def test_missing_dataset_is_one_clear_error_before_any_state(in_tmp, capsys):
     err = capsys.readouterr().err
     assert "cifar-100-python" in err and str(in_tmp / "data") in err
     assert not (in_tmp / "sweeps").exists() and not (in_tmp / "mlflow.db").exists()
+
+
+def test_a_study_from_before_a_new_option_resumes_at_its_default(in_tmp, capsys):
+    """Options added later (model.dropout_at, augment.pre_resize) are missing from older studies' stored
+    signature: at their defaults the study resumes, set otherwise it is refused."""
+    import json as _json
+
+    cfg = write_config(in_tmp / "a.yaml", study={"name": "tiny", "n_trials": 1, "sampler": "random", "pruner": "none"})
+    assert run_sweep(in_tmp, cfg) == 0
+    study = load_study(in_tmp)
+    stored = _json.loads(study.user_attrs["fixed"])
+    for key in ("model.dropout_at", "augment.pre_resize"):  # as a study made before these options existed
+        del stored[key]
+    study.set_user_attr("fixed", _json.dumps(stored, sort_keys=True))
+    more = write_config(in_tmp / "b.yaml", study={"name": "tiny", "n_trials": 2, "sampler": "random", "pruner": "none"})
+    assert run_sweep(in_tmp, more) == 0
+    assert len(load_study(in_tmp).get_trials()) == 2
+    other = write_config(in_tmp / "c.yaml", study={"name": "tiny", "n_trials": 3, "sampler": "random", "pruner": "none"},
+                         model={"dropout_at": "fc_outputs"})
+    assert run_sweep(in_tmp, other) == 2
+    assert "model.dropout_at stored None, now 'fc_outputs'" in capsys.readouterr().err

@@ -33,7 +33,7 @@ def split_size(data: StudyData) -> Optional[int]:
 
 
 def configurations(data: StudyData) -> list[Configuration]:
-    """Every configuration with a complete trial, labelled against the best by mean over its seeds."""
+    """Every configuration with a complete trial, labelled against the study's chosen one."""
     groups: dict[int, list] = {}
     for t in data.trials:
         if t.state == "COMPLETE" and t.value is not None and math.isfinite(t.value):
@@ -43,7 +43,9 @@ def configurations(data: StudyData) -> list[Configuration]:
     if not configs:
         return []
     sign = 1.0 if data.direction == "maximize" else -1.0
-    best = max(configs, key=lambda c: sign * c.stats.mean)
+    # the study's own choice (data.best_number: with repeats, the best mean among the repeated configurations,
+    # one that failed on a seed last), so that the report and the sweep name the same winner
+    best = next((c for c in configs if c.number == data.best_number), None) or max(configs, key=lambda c: sign * c.stats.mean)
     size = split_size(data)
     for c in configs:
         if c is best:

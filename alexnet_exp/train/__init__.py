@@ -265,14 +265,14 @@ def fit(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: t
                              num_classes)
         if exploded is not None:  # before on_epoch: a pruner must not record a diverged run as pruned
             return FitResult("diverged", f"{exploded} in epoch {epoch}", history)
-        if on_epoch is not None:
-            on_epoch(metrics)
         stalled_for = stall_count(stalled_for, val.loss, val.accuracy,
                                   min((m.val_loss for m in earlier), default=None), num_classes)
-        if stalled_for >= s.stall_epochs:
+        if stalled_for >= s.stall_epochs:  # before on_epoch too: a dead run is `stalled`, not pruned
             return FitResult("stalled", f"at chance and not improving for {stalled_for} epochs (val loss "
                                         f"{val.loss:.4f}, ln C = {math.log(num_classes):.4f}, val accuracy "
                                         f"{val.accuracy:.3f})", history)
+        if on_epoch is not None:
+            on_epoch(metrics)
         sched.after_epoch(1.0 - val.accuracy)
         if on_checkpoint is not None:
             on_checkpoint({
