@@ -6,6 +6,7 @@ lock (`locks.study_lock`), as `roles.setup_study` does, so that launchers starte
 from __future__ import annotations
 
 import copy
+import datetime
 import json
 import sys
 import time
@@ -66,10 +67,34 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
         return trial_id
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values=None) -> bool:
-        changed = super().set_trial_state_values(trial_id, state, values)
+        if state == TrialState.RUNNING and values is None:
+            changed = self._claim(trial_id)
+        else:
+            changed = super().set_trial_state_values(trial_id, state, values)
         if changed and state == TrialState.RUNNING:
             self.record_heartbeat(trial_id)
         return changed
+
+    def _claim(self, trial_id: int) -> bool:
+        """A queued trial (WAITING) becomes this worker's (RUNNING) in one conditional UPDATE. Optuna reads the
+        state and then writes it; its SELECT ... FOR UPDATE locks nothing on SQLite, so two workers popping the
+        queue at once both got the same trial (3 processes popping 180 queued trials: 9 and 13 taken twice),
+        trained it twice, and the second one's end failed with "Cannot tell a COMPLETE trial"."""
+        import sqlalchemy
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        started = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)  # Optuna's naive UTC column
+        with _create_scoped_session(self.scoped_session) as session:
+            claimed = session.execute(
+                sqlalchemy.update(models.TrialModel)
+                .where(models.TrialModel.trial_id == trial_id, models.TrialModel.state == TrialState.WAITING)
+                .values({models.TrialModel.state: TrialState.RUNNING, models.TrialModel._datetime_start_utc: started})
+                .execution_options(synchronize_session=False)).rowcount == 1
+        if not claimed:  # taken by another worker (False), or finished already (Optuna's error, as before)
+            with _create_scoped_session(self.scoped_session) as session:
+                self.check_trial_is_updatable(trial_id, models.TrialModel.find_or_raise_by_id(trial_id, session).state)
+        return claimed
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         stale = super()._get_stale_trial_ids(study_id)
