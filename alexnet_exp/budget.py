@@ -24,6 +24,12 @@ def is_repeat(trial: optuna.trial.FrozenTrial) -> bool:
     return names.REPEAT_OF in trial.user_attrs
 
 
+def is_measurement(trial) -> bool:
+    """A trial that measures rather than searches, never pruned: a repeat, or a replay of a documented run (a
+    baseline with `reported` figures, there to be compared with them). Takes a trial or a frozen trial."""
+    return names.REPEAT_OF in trial.user_attrs or names.REPORTED in trial.user_attrs
+
+
 def is_error(trial: optuna.trial.FrozenTrial) -> bool:
     return trial.state == TrialState.FAIL and trial.user_attrs.get(names.FAIL_KIND) == names.ERROR
 

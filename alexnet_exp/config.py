@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .architecture import input_size_problem
-from .space_params import CategoricalParam, FloatParam, IntParam, SpaceEntry, SpaceParam, branches, space_problems
+from .space_params import CategoricalParam, FloatParam, IntParam, SpaceEntry, branches, space_problems
 from .redaction import redact_text
 
 

@@ -28,7 +28,7 @@ from .progress import SweepProgress
 from .progress import warn as _warn
 from .pruning import record_budget
 from .redaction import redact_text
-from .repeats import load_plan
+from .repeats import best_search_trial, load_plan
 from .retries import retry_transient
 from .space import suggest
 from .tracking import Tracker
@@ -66,11 +66,8 @@ def data_digest(config: RunConfig) -> str:
 def best_value(study: optuna.Study) -> Optional[float]:
     """The best value of the search trials, None before one completes. Repeats are left out: a lucky seed of
     a repeated configuration is not a better configuration (the mean over its seeds decides, repeats.py)."""
-    values = [t.value for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-              if not is_repeat(t)]
-    if not values:
-        return None
-    return max(values) if study.direction == optuna.study.StudyDirection.MAXIMIZE else min(values)
+    best = best_search_trial(study)
+    return best.value if best is not None else None
 
 
 def _release_memory() -> None:
@@ -180,7 +177,7 @@ def _is_surplus(trial: optuna.Trial, n_trials: int, repeats: Optional[RepeatsCon
 def _keeps_weights(study: optuna.Study, trial: optuna.Trial, value: float, top_k: int) -> bool:
     """Weights are kept for the trials that may be evaluated on the test split: every repeat, and a search
     trial that is among the `top_k` best so far (the configurations the repeats may choose)."""
-    if names.REPEAT_OF in trial.user_attrs:
+    if is_repeat(trial):
         return True
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     better = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
@@ -248,9 +245,6 @@ def _train_and_record(trial: optuna.Trial, ctx: TrialContext, config: RunConfig,
         for m in resume["history"]:  # the epochs already trained, so this run's curves are whole
             _log_epoch(ctx, run_id, EpochMetrics(**m))
     logged_epochs = resume["epoch"] if resume is not None else 0
-    # Measurements, never pruned: a repeat of a chosen configuration, and a replay of a documented run (a
-    # baseline with `reported` figures), which is there to be compared with what its document reported.
-    measured = names.REPEAT_OF in trial.user_attrs or names.REPORTED in trial.user_attrs
 
     def on_epoch(m: EpochMetrics) -> None:
         nonlocal logged_epochs
@@ -261,7 +255,7 @@ def _train_and_record(trial: optuna.Trial, ctx: TrialContext, config: RunConfig,
         def record() -> bool:
             trial.set_user_attr(names.EPOCHS_RUN, m.epoch)
             trial.report(value, m.epoch)
-            return not measured and trial.should_prune()
+            return trial.should_prune()  # never for repeats and replays (pruning.FairPruner)
 
         prune = retry_transient(record, f"trial {trial.number}'s epoch {m.epoch} report")
         ctx.progress.epoch(trial.number, m.epoch, value)

@@ -21,6 +21,7 @@ import optuna
 from optuna.pruners import BasePruner, HyperbandPruner
 
 from . import names
+from .budget import is_measurement
 from .config import PRUNERS, ConfigError
 from .train.optim import ONECYCLE_PCT_START
 
@@ -156,7 +157,7 @@ class FairPruner(BasePruner):
         return self._inner[budget]
 
     def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
-        if names.REPEAT_OF in trial.user_attrs or names.REPORTED in trial.user_attrs:  # measurements (objective.py)
+        if is_measurement(trial):
             return False
         step = trial.last_step
         budget = epoch_budget(trial, self._default_epochs)

@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 
 from . import names
 from .budget import budget_state, is_repeat, is_verdict
-from .seed_stats import SeedStats, seed_stats, within_noise
+from .seed_stats import SeedStats, seed_stats
 
 SEED_KEY = "train.seed"
 
@@ -52,7 +52,6 @@ class ConfigGroup:
     members: list[optuna.trial.FrozenTrial]  # COMPLETE trials of this configuration, the search trial first
     failed: int  # repeats that ended as a verdict failure (diverged, stalled ...) or were pruned
     stats: SeedStats
-    tied_with_best: bool = False
 
 
 def load_plan(study: optuna.Study) -> Optional[RepeatPlan]:
@@ -93,6 +92,13 @@ def top_configurations(trials: list[optuna.trial.FrozenTrial], k: int, maximize:
         if len(chosen) == k:
             break
     return chosen
+
+
+def best_search_trial(study: optuna.Study) -> Optional[optuna.trial.FrozenTrial]:
+    """The best COMPLETE search trial (repeats left out; ties: the earlier trial), None before one completes."""
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    top = top_configurations(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), 1, maximize)
+    return top[0] if top else None
 
 
 def search_settled(study: optuna.Study, n_trials: int) -> bool:
@@ -162,9 +168,8 @@ def sweep_complete(study: optuna.Study, n_trials: int, repeats: Optional[tuple[i
             and repeats_state(study, plan)[0] >= plan.planned)
 
 
-def config_groups(study: optuna.Study, plan: RepeatPlan,
-                  split_size: Optional[int] = None) -> list[ConfigGroup]:
-    """The repeated configurations, best mean first, each marked when it is within the noise of the best."""
+def config_groups(study: optuna.Study, plan: RepeatPlan) -> list[ConfigGroup]:
+    """The repeated configurations, best mean first (the report calls the ties, report/noise.py)."""
     trials = study.get_trials(deepcopy=False)
     by_number = {t.number: t for t in trials}
     groups = []
@@ -182,7 +187,4 @@ def config_groups(study: optuna.Study, plan: RepeatPlan,
     # A configuration that failed on a seed is ranked after every one that completed all of them: a mean over
     # the seeds that happened to work would hide that it is not reliable.
     groups.sort(key=lambda g: (g.failed > 0, -g.stats.mean if maximize else g.stats.mean, g.trial.number))
-    if groups:
-        for g in groups:
-            g.tied_with_best = g is not groups[0] and within_noise(g.stats, groups[0].stats, split_size)
     return groups

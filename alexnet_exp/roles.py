@@ -31,7 +31,8 @@ from .study_store import MAX_RETRIES, enqueue_baselines, open_study, requeue_int
 from .tracking import Tracker
 from .trial_state import TrialStateStore
 from .seed_stats import seed_stats
-from .repeats import RepeatPlan, config_groups, ensure_repeats, load_plan, repeats_state, search_settled, sweep_complete
+from .repeats import (RepeatPlan, best_search_trial, config_groups, ensure_repeats, load_plan, repeats_state,
+                      search_settled, sweep_complete)
 from .retries import retry_transient
 from .workers import POLL_SECONDS, run_trials
 
@@ -145,7 +146,7 @@ def run_worker(run: SweepStudy, cache: DataCache, run_tags: dict[str, Any], quie
             note = "; ".join(filter(None, [f"repeat of trial {trial.user_attrs[names.REPEAT_OF]}", note]))
         best = _best_value(study)
         progress.trial_finished(trial.number, trial.state.name, value, note, best, is_verdict(trial))
-        if value is not None and value == best and names.REPEAT_OF not in trial.user_attrs:
+        if value is not None and value == best and not is_repeat(trial):
             # a new best: the parent's optimisation-history chart in MLflow
             try:
                 run.tracker.log_metrics(run.parent_id, {f"best_{s.metric}": best}, step=trial.number)
@@ -256,12 +257,8 @@ def chosen_configuration(run: SweepStudy) -> Optional[tuple[optuna.trial.FrozenT
     groups = config_groups(study, plan) if plan is not None else []
     if groups:
         return groups[0].trial, groups[0].members, groups[0].stats
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if not is_repeat(t)]
-    if not complete:
-        return None
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    best = min(complete, key=lambda t: (-t.value if maximize else t.value, t.number))  # ties: the earlier trial
-    return best, [best], None
+    best = best_search_trial(study)
+    return (best, [best], None) if best is not None else None
 
 
 def evaluate_best_once(run: SweepStudy, cache: DataCache, state: TrialStateStore) -> Optional[dict]:

@@ -15,8 +15,8 @@ import numpy as np
 import optuna
 from optuna.samplers import BaseSampler, GridSampler, QMCSampler
 
-from .config import CategoricalParam, ConfigError, FloatParam, IntParam
-from .space_params import SpaceEntry, branches, optuna_name
+from .config import ConfigError
+from .space_params import CategoricalParam, FloatParam, IntParam, SpaceEntry, branches, optuna_name
 
 # TPE's constant liar (our default, for parallel workers) is marked experimental.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

@@ -6,8 +6,8 @@ from typing import Any, Optional
 
 import optuna
 
-from .config import CategoricalParam, IntParam, RunConfig, ordered_params
-from .space_params import SpaceEntry, SpaceParam, active_branch, branches, optuna_name
+from .config import RunConfig, ordered_params
+from .space_params import CategoricalParam, IntParam, SpaceEntry, SpaceParam, active_branch, optuna_name
 
 
 def suggest(trial: optuna.Trial, space: dict[str, SpaceEntry], fixed: Optional[dict[str, Any]] = None) -> dict[str, Any]:
