@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, model_validator
 
 from .architecture import input_size_problem
+from .rates import (BATCH_SCALINGS, LR_BATCH_SCALING, LR_REFERENCE, OPTIMIZERS, WEIGHT_DECAY_REFERENCE, lr_scale_for,
+                    scaled_lr, scaled_weight_decay, weight_decay_scale_for)
 from .space_params import CategoricalParam, FloatParam, IntParam, SpaceEntry, branches, space_problems
 from .redaction import redact_text
 
@@ -49,7 +52,7 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    dataset: Literal["cifar10", "cifar100", "synthetic", "digits"] = "synthetic"
+    dataset: Literal["cifar10", "cifar100", "synthetic", "digits", "glyphs"] = "synthetic"
     root: str = "data"  # folder holding cifar-10-batches-py/, cifar-100-python/ or their .tar.gz
     download: bool = True  # fetch CIFAR with torchvision's downloader when missing
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)  # share of the training set held out for validation
@@ -59,6 +62,9 @@ class DataConfig(_Section):
     synthetic_classes: int = Field(10, ge=2, le=1000)  # synthetic only: number of classes
     synthetic_train_size: int = Field(5000, ge=10)  # synthetic only: training images before the split
     synthetic_test_size: int = Field(1000, ge=10)  # synthetic only: held-out test images
+    glyph_classes: int = Field(100, ge=2, le=100)  # glyphs only: number of classes (characters)
+    glyph_train_per_class: int = Field(500, ge=2)  # glyphs only: images per class before the validation split
+    glyph_test_per_class: int = Field(100, ge=1)  # glyphs only: held-out test images per class (other fonts)
 
 
 class ModelConfig(_Section):
@@ -74,6 +80,9 @@ class ModelConfig(_Section):
     width: float = Field(1.0, gt=0.0, le=4.0)  # channel/unit multiplier; 0.25 makes CPU tests fast
     # paper: N(0, 0.01), bias 1 in conv2/4/5 and FC layers; kaiming: He-normal; pytorch: the layers' own default
     init: Literal["paper", "kaiming", "pytorch"] = "kaiming"
+    # A ReLU on the logits: the CIFAR-100 notebook's bug (all logits <= 0 left its run 8 at loss ln 100 for good),
+    # there only so that its replays train the network it trained; never sample it
+    logit_relu: bool = False
 
 
 class AugmentConfig(_Section):
@@ -88,15 +97,31 @@ class AugmentConfig(_Section):
     pre_resize: Optional[int] = Field(None, ge=16, le=512)
 
 
+_Optimizer = Literal[OPTIMIZERS]  # type: ignore[valid-type]
+
+
 class TrainConfig(_Section):
-    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: float = Field(0.01, gt=0.0, le=10.0)  # peak learning rate
+    optimizer: _Optimizer = "sgd"
+    lr: float = Field(0.01, gt=0.0, le=10.0)  # peak learning rate; resolved from lr_scale when that is set
+    # The rate as a unit-free multiple of its optimiser's reference (rates.py): lr = lr_reference[optimizer] x
+    # lr_scale x batch factor. What a space samples, so that TPE models the rate jointly with the batch size and
+    # the normalisation; null: train.lr as given. Set one of lr and lr_scale.
+    lr_scale: Optional[float] = Field(None, gt=0.0, le=1000.0)
+    lr_reference: dict[_Optimizer, PositiveFloat] = LR_REFERENCE  # rate at lr_scale 1 and batch 256, per optimiser
+    # how each optimiser's reference rate follows batch_size / 256: linear, sqrt or none
+    lr_batch_scaling: dict[_Optimizer, Literal[BATCH_SCALINGS]] = LR_BATCH_SCALING  # type: ignore[valid-type]
     momentum: float = Field(0.9, ge=0.0, lt=1.0)  # sgd only; 0 reproduces the CIFAR-100 document
     nesterov: bool = False  # sgd only; needs momentum > 0
     weight_decay: float = Field(5e-4, ge=0.0, le=1.0)  # L2 (sgd/adam) or decoupled (adamw)
+    # weight_decay = weight_decay_reference[optimizer] x weight_decay_scale when set (null: weight_decay as given)
+    weight_decay_scale: Optional[float] = Field(None, ge=0.0, le=1000.0)
+    weight_decay_reference: dict[_Optimizer, PositiveFloat] = WEIGHT_DECAY_REFERENCE
     batch_size: int = Field(128, ge=1, le=65536)
     epochs: int = Field(10, ge=1, le=10000)
     schedule: Literal["none", "step", "plateau", "cosine", "onecycle"] = "none"
+    # epochs of linear rise to the peak rate before the schedule (large batches and high rates without batchnorm
+    # need one); onecycle rises by itself over 30% of its steps and takes 0
+    warmup_epochs: int = Field(0, ge=0, le=1000)
     step_epochs: int = Field(10, ge=1)  # step: epochs between divisions
     lr_factor: float = Field(0.1, gt=0.0, lt=1.0)  # step/plateau: multiplier at each division (paper: 0.1)
     plateau_patience: int = Field(2, ge=0)  # plateau: epochs without validation-error improvement
@@ -108,10 +133,42 @@ class TrainConfig(_Section):
     loss_every_steps: int = Field(10, ge=1)  # sample the per-step training loss every N steps
     compile: bool = False  # torch.compile the model (CUDA only; pays off on long trials)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_scales(cls, data: Any) -> Any:
+        """lr and weight_decay from their scales, before the fields are checked (so that a resolved rate is
+        checked like a given one). Partial reference tables keep the defaults of the optimisers they leave out."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for key in ("lr_reference", "lr_batch_scaling", "weight_decay_reference"):
+            if isinstance(data.get(key), dict):
+                data[key] = {**cls.model_fields[key].default, **data[key]}
+        get = lambda key: data.get(key, cls.model_fields[key].default)  # noqa: E731
+        try:
+            if data.get("lr_scale") is not None:
+                data["lr"] = scaled_lr(float(get("lr_scale")), get("optimizer"), int(get("batch_size")),
+                                       get("lr_reference"), get("lr_batch_scaling"))
+            if data.get("weight_decay_scale") is not None:
+                data["weight_decay"] = scaled_weight_decay(float(get("weight_decay_scale")), get("optimizer"),
+                                                           get("weight_decay_reference"))
+        except (TypeError, ValueError, KeyError):
+            pass  # a value that is not what its field takes: the field's own check names it
+        for key, scale, limit in (("lr", "lr_scale", 10.0), ("weight_decay", "weight_decay_scale", 1.0)):
+            if data.get(scale) is not None and isinstance(data.get(key), float) and data[key] > limit:
+                raise ValueError(f"{scale} {data[scale]:g} resolves to {key} {data[key]:.4g} for "
+                                 f"{get('optimizer')} at batch {get('batch_size')}, above {limit:g}; lower it")
+        return data
+
     @model_validator(mode="after")
     def _consistent(self):
         if self.optimizer == "sgd" and self.nesterov and self.momentum == 0:
             raise ValueError("nesterov: true needs momentum > 0 (set train.momentum or nesterov: false)")
+        if self.warmup_epochs and self.schedule == "onecycle":
+            raise ValueError("warmup_epochs: onecycle rises to its peak by itself (30% of its steps); set "
+                             "warmup_epochs: 0 for it (in a space: `when: {train.schedule: [...]}` without onecycle)")
+        if self.warmup_epochs and self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be fewer than epochs ({self.epochs})")
         if self.device != "auto" and not re.fullmatch(r"cpu|mps|cuda(:\d+)?", self.device):
             raise ValueError(f"device: {self.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
         return self
@@ -177,11 +234,21 @@ class RunConfig(_Section):
     baselines: list[dict[str, Any]] = []  # exact configurations enqueued before sampling
 
     def with_values(self, values: dict[str, Any]) -> "RunConfig":
-        """A copy with dotted-path values set (sampled or baseline parameters), validated again."""
+        """A copy with dotted-path values set (sampled or baseline parameters), validated again. A rate given
+        without its scale (`train.lr` alone) is taken as it is: the scale it would have been resolved from
+        is cleared, not left to overwrite it."""
         raw = self.model_dump()
         for path, value in values.items():
             _set_path(raw, path, value)
+        for value, scale in SCALED.items():
+            if value in values and scale not in values:
+                _set_path(raw, scale, None)
         return _validate(raw, "sampled values")
+
+    def value(self, path: str) -> Any:
+        """The value at a dotted path (`train.lr`)."""
+        section, _, key = path.partition(".")
+        return getattr(getattr(self, section), key)
 
     def flat(self) -> dict[str, Any]:
         """The training-relevant values as dotted keys (what is logged as run parameters)."""
@@ -331,13 +398,64 @@ def ordered_params(space: dict[str, SpaceEntry]) -> list[str]:
     return order
 
 
+# A value and the scale it is resolved from (rates.py): a config sets or samples one of them.
+SCALED = {"train.lr": "train.lr_scale", "train.weight_decay": "train.weight_decay_scale"}
+
+
 def _check_space(config: RunConfig) -> list[str]:
     errors = []
     try:
         ordered_params(config.space)
     except ConfigError as exc:
         errors += exc.errors
+    if "model.logit_relu" in config.space:
+        errors.append("space.model.logit_relu: a ReLU on the logits is the CIFAR-100 notebook's bug, there to replay "
+                      "it (set it in a baseline); sampling it would spend trials on a network that can die")
+    for value, scale in SCALED.items():
+        if value in config.space and (scale in config.space or config.value(scale) is not None):
+            errors.append(f"space.{value}: {scale} is set, and it resolves {value}, so a sampled {value} would be "
+                          f"overwritten; sample {scale} instead, or set {scale}: null")
     return errors + space_problems(config.space, _check_value)
+
+
+def _given_twice(raw: dict) -> list[str]:
+    """A YAML (with its --set overrides) that gives both a value and its scale, and they disagree: the scale
+    would win silently. A config written by `dump_config` holds both, agreeing, and loads."""
+    errors = []
+    given = raw.get("train") if isinstance(raw.get("train"), dict) else {}
+    for value, scale in SCALED.items():
+        key, scale_key = value.partition(".")[2], scale.partition(".")[2]
+        if given.get(key) is None or given.get(scale_key) is None:
+            continue
+        try:
+            resolved = getattr(TrainConfig.model_validate({k: v for k, v in given.items() if k != key}), key)
+            if math.isclose(resolved, float(given[key]), rel_tol=1e-9):
+                continue
+        except (ValidationError, TypeError, ValueError):
+            pass  # the section's own problems are reported with the rest
+        errors.append(f"{value} and {scale}: give one; {scale} resolves {value} from its optimiser's reference "
+                      f"(README, Learning rates); to train at a given {key}, add --set {scale}=null")
+    return errors
+
+
+def as_scales(values: dict[str, Any], config: RunConfig) -> dict[str, Any]:
+    """A baseline's absolute `train.lr` and `train.weight_decay`, where this config resolves them from a scale
+    (sampled or set, rates.py), turned into the scale that gives them with the baseline's optimiser and batch
+    size: the baseline trains at the rate it names, and the sampler learns from it under the scale's name."""
+    out, t = dict(values), config.train
+
+    def get(key: str) -> Any:
+        return out.get(f"train.{key}", getattr(t, key))
+
+    for value, scale in SCALED.items():
+        if value not in out or scale in out or not (scale in config.space or config.value(scale) is not None):
+            continue
+        if value == "train.lr":
+            out[scale] = lr_scale_for(out.pop(value), get("optimizer"), get("batch_size"), t.lr_reference,
+                                      t.lr_batch_scaling)
+        else:
+            out[scale] = weight_decay_scale_for(out.pop(value), get("optimizer"), t.weight_decay_reference)
+    return out
 
 
 def _check_baselines(config: RunConfig) -> list[str]:
@@ -356,6 +474,11 @@ def _check_baselines(config: RunConfig) -> list[str]:
             problem = _check_value(path, value)
             if problem:
                 errors.append(f"baselines[{i}].{path}: {problem}")
+        nested: dict[str, Any] = {}
+        for path, value in baseline.items():
+            if path.startswith("train."):
+                _set_path(nested, path, value)
+        errors += [f"baselines[{i}]: {e}" for e in _given_twice(nested)]
     return errors
 
 
@@ -364,8 +487,7 @@ def _values_of(config: RunConfig, path: str) -> list[Any]:
     entry = config.space.get(path)
     if entry is not None:
         return [v for b in branches(entry) for v in (b.choices if isinstance(b, CategoricalParam) else [b.low, b.high])]
-    section, _, key = path.partition(".")
-    return [getattr(getattr(config, section), key)]
+    return [config.value(path)]
 
 
 def _check_combinations(config: RunConfig) -> list[str]:
@@ -384,7 +506,53 @@ def _check_combinations(config: RunConfig) -> list[str]:
         problem = input_size_problem(arch, size)
         if problem:
             errors.append(f"baselines[{i}]: {problem}")
+        errors += _baseline_scale_problems(i, baseline, config)
+    return errors + _warmup_problems(config)
+
+
+def _baseline_scale_problems(i: int, baseline: dict[str, Any], config: RunConfig) -> list[str]:
+    """A baseline's absolute rate whose scale (as_scales) the training config would refuse: said at load
+    time with the key the user wrote, not as an `invalid` trial about a key they never saw."""
+    errors = []
+    converted = as_scales({k: v for k, v in baseline.items() if k not in ("name", "reported")}, config)
+    for value, scale in SCALED.items():
+        if value in baseline and scale in converted and scale not in baseline:
+            context = {"optimizer": converted.get("train.optimizer", config.train.optimizer),
+                       "batch_size": converted.get("train.batch_size", config.train.batch_size)}
+            try:
+                TrainConfig.model_validate({**context, scale.partition(".")[2]: converted[scale]})
+            except ValidationError as exc:
+                errors.append(f"baselines[{i}].{value}: {baseline[value]} is {scale} {converted[scale]:.4g} for "
+                              f"{context['optimizer']} at batch {context['batch_size']}, which is refused ("
+                              f"{exc.errors()[0]['msg'].removeprefix('Value error, ')})")
     return errors
+
+
+def _warmup_problems(config: RunConfig) -> list[str]:
+    """A learning-rate warm-up that some trials could not have: with onecycle (which rises by itself), or as long
+    as a trial's epochs. Every such trial would be `invalid`, and taught to the sampler as a bad result."""
+    entry = config.space.get("train.warmup_epochs")
+    where = "space.train.warmup_epochs" if entry is not None else "train.warmup_epochs"
+    errors = []
+    most = max(_values_of(config, "train.warmup_epochs"))
+    fewest = min(_values_of(config, "train.epochs"))
+    if most >= fewest:
+        errors.append(f"{where}: up to {most}, but trials may train only {fewest} epoch(s); a warm-up must end "
+                      f"before the last epoch (--epochs N shortens it for you)")
+    if "onecycle" in _values_of(config, "train.schedule"):
+        # with onecycle: the fixed value, or the branches of the space's entry that a onecycle trial can take
+        can_warm = (config.train.warmup_epochs > 0 if entry is None else any(
+            b.high > 0 if not isinstance(b, CategoricalParam) else any(c for c in b.choices)
+            for b in branches(entry) if "onecycle" in _allowed(b.when.get("train.schedule", "onecycle"))))
+        if can_warm:
+            errors.append(f"{where}: a onecycle trial could get a warm-up, which it refuses (it rises by itself over "
+                          f"30% of its steps); add `when: {{train.schedule: [...]}}` without onecycle, or leave "
+                          f"onecycle out of the space")
+    return errors
+
+
+def _allowed(wanted: Any) -> list:
+    return wanted if isinstance(wanted, list) else [wanted]
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -413,6 +581,9 @@ def load_config(path: Union[str, Path], overrides: Optional[list[str]] = None) -
     for text in overrides or []:
         key, value = parse_override(text)
         _set_path(raw, key, value)
+    twice = _given_twice(raw)
+    if twice:
+        raise ConfigError(str(path), twice)
     return _validate(raw, str(path))
 
 
@@ -423,6 +594,20 @@ def with_epochs_everywhere(config: RunConfig, epochs: int) -> RunConfig:
     raw["train"]["epochs"] = epochs
     raw["space"] = {p: e for p, e in raw["space"].items() if p != "train.epochs"}
     raw["baselines"] = [{k: v for k, v in b.items() if k != "train.epochs"} for b in raw["baselines"]]
+    # A warm-up must end before the last epoch: shortened runs get a shortened warm-up range, not `invalid`
+    # trials (--epochs 2 on a space sampling warmup_epochs 0..3).
+    most = epochs - 1
+    raw["train"]["warmup_epochs"] = min(raw["train"]["warmup_epochs"], most)
+    warmup = raw["space"].get("train.warmup_epochs")
+    if isinstance(warmup, dict) and warmup.get("type") == "int":
+        if most <= warmup["low"]:
+            del raw["space"]["train.warmup_epochs"]
+            raw["train"]["warmup_epochs"] = min(warmup["low"], most)
+        else:
+            warmup["high"] = min(warmup["high"], most)
+    for b in raw["baselines"]:
+        if "train.warmup_epochs" in b:
+            b["train.warmup_epochs"] = min(b["train.warmup_epochs"], most)
     return _validate(raw, "--epochs")
 
 

@@ -279,9 +279,14 @@ def _load_digits():
 def load_dataset(dataset: str, *, root: str = "data", download: bool = True, val_fraction: float = 0.1,
                  split_seed: int = 0, max_train: Optional[int] = None, max_val: Optional[int] = None,
                  synthetic_classes: int = 10, synthetic_train_size: int = 5000, synthetic_test_size: int = 1000,
+                 glyph_classes: int = 100, glyph_train_per_class: int = 500, glyph_test_per_class: int = 100,
                  checksums: Optional[dict[str, Optional[str]]] = None) -> ImageData:
     """Load a dataset on the CPU (call `.to(device)` to move it) with its validation split. The defaults are
-    the `data:` section's (config.py); `pipeline.dataset_kwargs` passes every one of them from the config."""
+    the `data:` section's (config.py); `pipeline.dataset_kwargs` passes every one of them from the config.
+
+    `glyphs` (glyphs.py) is generated in memory: the first `glyph_classes` characters of a fixed order,
+    `glyph_train_per_class` images each in the training fonts (the validation split is carved from these) and
+    `glyph_test_per_class` each in held-out fonts for the test split."""
     if dataset in ("cifar10", "cifar100"):
         (tx, ty), (sx, sy), names = load_cifar(dataset, root, download=download, checksums=checksums)
     elif dataset == "synthetic":
@@ -291,8 +296,12 @@ def load_dataset(dataset: str, *, root: str = "data", download: bool = True, val
         names = [f"o{c % n_orient}_f{c // n_orient}" for c in range(synthetic_classes)]
     elif dataset == "digits":
         (tx, ty), (sx, sy), names = _load_digits()
+    elif dataset == "glyphs":
+        from .glyphs import load_glyphs  # imported here: glyphs.py imports DataError from this module
+
+        (tx, ty), (sx, sy), names = load_glyphs(glyph_classes, glyph_train_per_class, glyph_test_per_class)
     else:
-        raise DataError(f"unknown dataset {dataset!r}; valid: cifar10, cifar100, synthetic, digits")
+        raise DataError(f"unknown dataset {dataset!r}; valid: cifar10, cifar100, synthetic, digits, glyphs")
     keep, held = stratified_split(ty, max(1, round(len(ty) * val_fraction)), split_seed)
     train_x, train_y = _subset(tx[keep], ty[keep], max_train, split_seed)
     val_x, val_y = _subset(tx[held], ty[held], max_val, split_seed)

@@ -140,7 +140,8 @@ class Dropout(nn.Module):
 
 class AlexNet(nn.Module):
     def __init__(self, arch: str, num_classes: int, norm: str = "lrn", groups: int = 1, dropout: float = 0.5,
-                 width: float = 1.0, input_size: int | None = None, dropout_at: str = "fc_inputs"):
+                 width: float = 1.0, input_size: int | None = None, dropout_at: str = "fc_inputs",
+                 logit_relu: bool = False):
         super().__init__()
         if arch not in ARCHS:
             raise ValueError(f"unknown arch {arch!r}; valid: {', '.join(ARCHS)}")
@@ -176,7 +177,10 @@ class AlexNet(nn.Module):
             head = [Dropout(dropout), fc1, nn.ReLU(inplace=True), Dropout(dropout), fc2, nn.ReLU(inplace=True)]
         else:  # the CIFAR-100 notebook's: on the outputs of the two hidden layers, after their ReLU
             head = [fc1, nn.ReLU(inplace=True), Dropout(dropout), fc2, nn.ReLU(inplace=True), Dropout(dropout)]
-        self.classifier = nn.Sequential(nn.Flatten(), *head, nn.Linear(hidden, num_classes))
+        # logit_relu: the CIFAR-100 notebook's network ends in a ReLU, a bug kept only to replay it: once every
+        # logit is <= 0 the gradient through it is 0 and the loss stays at ln C for good (its run 8)
+        tail = [nn.ReLU()] if logit_relu else []
+        self.classifier = nn.Sequential(nn.Flatten(), *head, nn.Linear(hidden, num_classes), *tail)
         self.bias_one += [m for m in self.classifier if isinstance(m, nn.Linear)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -209,7 +213,7 @@ def init_weights(model: AlexNet, scheme: str) -> None:
 
 def build_model(arch: str, num_classes: int, norm: str = "lrn", groups: int = 1, dropout: float = 0.5,
                 width: float = 1.0, init: str = "kaiming", input_size: int | None = None,
-                dropout_at: str = "fc_inputs") -> AlexNet:
+                dropout_at: str = "fc_inputs", logit_relu: bool = False) -> AlexNet:
     """The network on the default device (`with device:` picks it), initialised once by `init_weights`.
 
     It is built on the meta device and then materialised: the layers' own default initialisation, which
@@ -217,7 +221,7 @@ def build_model(arch: str, num_classes: int, norm: str = "lrn", groups: int = 1,
     """
     device = torch.get_default_device()
     with torch.device("meta"):
-        model = AlexNet(arch, num_classes, norm, groups, dropout, width, input_size, dropout_at)
+        model = AlexNet(arch, num_classes, norm, groups, dropout, width, input_size, dropout_at, logit_relu)
     for module in model.modules():
         # Fresh storage per tensor; `Module.to_empty` would do the same through meta-device ops whose first use
         # imports sympy (0.5 s).

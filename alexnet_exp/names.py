@@ -22,7 +22,9 @@ RESUMED_FROM_EPOCH = "resumed_from_epoch"
 REPEAT_OF = "repeat_of"  # a repeat (study.repeats): the number of the search trial whose configuration it retrains
 REPORTED = "reported"  # a baseline's figures as its source document reported them (JSON: accuracy, macro_f1, ...)
 EPOCH_BUDGET = "epoch_budget"  # the trial's own train.epochs (pruning ranks trials of one budget together)
-WARMUP_EPOCHS = "warmup_epochs"  # epochs of its own schedule before the pruner may judge the trial
+# the first epoch at which the pruner may judge the trial (its own schedule's share; not train.warmup_epochs, the
+# learning rate's warm-up, which it includes)
+FIRST_JUDGED_EPOCH = "first_judged_epoch"
 # What a trial's end wrote: a retry (same parameters, new trial) must not inherit it.
 OUTCOME_ATTRS = (FAIL_KIND, FAIL_REASON, PRUNED_AT_EPOCH, EPOCHS_RUN, MLFLOW_RUN_ID, WORKER_PID, WORKER_HOST,
                  RESUMED_FROM_EPOCH)

@@ -21,7 +21,7 @@ import torch
 
 from . import names
 from .budget import is_repeat, surplus
-from .config import ConfigError, RepeatsConfig, RunConfig, dump_config
+from .config import SCALED, ConfigError, RepeatsConfig, RunConfig, dump_config
 from .pipeline import DataCache, input_size, make_augmenter, make_model, train_run
 from .figures_common import confusion_png
 from .progress import SweepProgress
@@ -195,13 +195,24 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext, n_trials: int) -> float:
         raise
 
 
+def _resolved_rates(config: Optional[RunConfig]) -> dict[str, Any]:
+    """The rate and decay a sampled scale resolves to, for the trial's start line (rates.py)."""
+    if config is None:
+        return {}
+    return {value: config.value(value) for value, scale in SCALED.items() if config.value(scale) is not None}
+
+
 def _run_trial(trial: optuna.Trial, ctx: TrialContext, n_trials: int) -> float:
     if _is_surplus(trial, n_trials, ctx.base.study.repeats):
         raise TrialFailed(*_record_failure(trial, names.SURPLUS, "the budget was taken by other workers' trials"))
     fixed = json.loads(trial.user_attrs.get(names.FIXED, "{}"))  # a baseline's exact values
     values = suggest(trial, ctx.base.space, fixed)
     trial.set_user_attr(names.VALUES, json.dumps(values))
-    ctx.progress.trial_started(trial.number, values)
+    try:
+        config, invalid = ctx.base.with_values(values), None
+    except ConfigError as exc:
+        config, invalid = None, exc
+    ctx.progress.trial_started(trial.number, {**values, **_resolved_rates(config)})
     chain = _retry_chain(trial)
     previous = chain.previous
     tags = {**ctx.run_tags, names.TRIAL_TAG: trial.number, names.STATE_TAG: "RUNNING",
@@ -212,11 +223,9 @@ def _run_trial(trial: optuna.Trial, ctx: TrialContext, n_trials: int) -> float:
         if previous_run and ctx.tracker.run_status(previous_run) == "RUNNING":
             _finish_run(ctx, previous_run, "FAILED", {names.STATE_TAG: "FAIL", names.FAIL_REASON: "its worker "
                                                       f"ended mid-trial; retried as trial {trial.number}"})
-    try:
-        config = ctx.base.with_values(values)
-    except ConfigError as exc:
+    if invalid is not None:
         run_id = ctx.tracker.start_trial(ctx.parent_run_id, f"trial-{trial.number}", values, tags)
-        return _fail(trial, ctx, run_id, names.INVALID, "; ".join(exc.errors))
+        return _fail(trial, ctx, run_id, names.INVALID, "; ".join(invalid.errors))
     if names.REPORTED in trial.user_attrs:  # a replay trains every epoch its document trained, a dead run too
         config = config.with_values({"train.stall_epochs": config.train.epochs + 1})
     tags.update(dataset=config.data.dataset, model=config.model.arch)
@@ -274,7 +283,8 @@ def _train_and_record(trial: optuna.Trial, ctx: TrialContext, config: RunConfig,
             {context: json.dumps({"images": len(labels), "classes": data.num_classes}) for context, labels in
              (("training", data.train_y), ("validation", data.val_y), ("test", data.test_y))})
         # what the pruner judges the trial by: its own epochs and warm-up (pruning.py)
-        record_budget(trial, config.train.epochs, config.train.schedule, ctx.base.study.pruner_options)
+        record_budget(trial, config.train.epochs, config.train.schedule, ctx.base.study.pruner_options,
+                      config.train.warmup_epochs)
         model, result = train_run(config, ctx.cache, on_epoch=on_epoch, resume=resume,
                                   on_checkpoint=on_checkpoint if checkpoint is not None else None)
     except optuna.TrialPruned:

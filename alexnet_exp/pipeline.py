@@ -26,14 +26,22 @@ def dataset_kwargs(cfg: DataConfig) -> dict:
     return dict(dataset=cfg.dataset, root=cfg.root, download=cfg.download, val_fraction=cfg.val_fraction,
                 split_seed=cfg.split_seed, max_train=cfg.max_train, max_val=cfg.max_val,
                 synthetic_classes=cfg.synthetic_classes, synthetic_train_size=cfg.synthetic_train_size,
-                synthetic_test_size=cfg.synthetic_test_size)
+                synthetic_test_size=cfg.synthetic_test_size, glyph_classes=cfg.glyph_classes,
+                glyph_train_per_class=cfg.glyph_train_per_class, glyph_test_per_class=cfg.glyph_test_per_class)
+
+
+# Keys of the `train:` section that reach `fit` through the value they resolve (config.py, rates.py).
+RESOLVED_TRAIN_KEYS = {"lr_scale": "lr", "lr_reference": "lr", "lr_batch_scaling": "lr",
+                       "weight_decay_scale": "weight_decay", "weight_decay_reference": "weight_decay"}
 
 
 def fit_settings(cfg: TrainConfig) -> FitSettings:
-    """`fit`'s settings from the `train:` section; `device` is not among them: the data is moved there first."""
+    """`fit`'s settings from the `train:` section; `device` is not among them: the data is moved there first.
+    The scales and their references arrive resolved, in `lr` and `weight_decay`."""
     return FitSettings(optimizer=cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                        weight_decay=cfg.weight_decay, batch_size=cfg.batch_size, epochs=cfg.epochs,
-                       schedule=cfg.schedule, step_epochs=cfg.step_epochs, lr_factor=cfg.lr_factor,
+                       schedule=cfg.schedule, warmup_epochs=cfg.warmup_epochs, step_epochs=cfg.step_epochs,
+                       lr_factor=cfg.lr_factor,
                        plateau_patience=cfg.plateau_patience, label_smoothing=cfg.label_smoothing, seed=cfg.seed,
                        eval_batch_size=cfg.eval_batch_size, stall_epochs=cfg.stall_epochs,
                        loss_every_steps=cfg.loss_every_steps, compile=cfg.compile)
@@ -68,7 +76,8 @@ def make_model(cfg: ModelConfig, num_classes: int, size: int, seed: int,
     torch.manual_seed(seed)  # the same seed gives the same initial weights (per device type)
     with device:  # initialise where it trains: the paper net's 60M weights take 0.65 s on a 2-core CPU
         return build_model(cfg.arch, num_classes, norm=cfg.norm, groups=cfg.groups, dropout=cfg.dropout,
-                           width=cfg.width, init=cfg.init, input_size=size, dropout_at=cfg.dropout_at)
+                           width=cfg.width, init=cfg.init, input_size=size, dropout_at=cfg.dropout_at,
+                           logit_relu=cfg.logit_relu)
 
 
 def train_run(config: RunConfig, cache: DataCache, on_epoch: Optional[Callable[[EpochMetrics], None]] = None,

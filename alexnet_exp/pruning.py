@@ -5,7 +5,8 @@ Optuna's pruners compare a trial's value at epoch k with other trials' values at
 study. Here that compared unlike things: a onecycle trial still warming up with trials at their peak learning
 rate, and a 10-epoch trial with 20-epoch trials (whose schedules are at another point at epoch k). So:
 - the objective records on each trial its epoch budget (`train.epochs`) and its warm-up (`record_budget`);
-- `FairPruner` never judges a trial before the end of its warm-up epoch, and gives the Optuna pruner a view of
+- `FairPruner` never judges a trial before the end of its warm-up epoch nor at its last epoch (a trial that
+  trained every epoch completes), and gives the Optuna pruner a view of
   the study holding only the trials of the same budget (one inner pruner per budget: Hyperband's brackets and
   SuccessiveHalving's rungs are per budget too);
 - repeats (`repeat_of`) are measurements of a chosen configuration: they are never pruned.
@@ -37,10 +38,14 @@ class WarmupRule:
     fraction: float = 0.25  # share of the trial's own epochs
     min_epochs: int = 2  # the first epoch is noise (the median pruner's old n_warmup_steps: 2)
 
-    def epochs(self, epochs: int, schedule: str) -> int:
+    def epochs(self, epochs: int, schedule: str, lr_warmup_epochs: int = 0) -> int:
+        """The first epoch at which a trial of `epochs` epochs may be judged: after its own learning-rate
+        warm-up too (`train.warmup_epochs`; a rate still rising is not the trial's rate yet). Never past its
+        epochs (the pruner judges no trial at its last epoch anyway: FairPruner)."""
         # round() first: 0.3 * 10 is 3.0000000000000004 in floating point, whose ceiling would be 4.
         shares = [self.fraction] + ([ONECYCLE_PCT_START] if schedule == "onecycle" else [])
-        needed = max([self.min_epochs] + [math.ceil(round(share * epochs, 9)) for share in shares])
+        needed = max([self.min_epochs, lr_warmup_epochs + 1]
+                     + [math.ceil(round(share * epochs, 9)) for share in shares])
         return min(needed, epochs)
 
 
@@ -61,10 +66,11 @@ def warmup_rule(options: dict[str, Any]) -> WarmupRule:
     return WarmupRule(float(fraction), min_epochs)
 
 
-def record_budget(trial: optuna.Trial, epochs: int, schedule: str, options: dict[str, Any]) -> None:
+def record_budget(trial: optuna.Trial, epochs: int, schedule: str, options: dict[str, Any],
+                  lr_warmup_epochs: int = 0) -> None:
     """Write on `trial`, before it trains, what the pruner judges it by: its epoch budget and its warm-up."""
     trial.set_user_attr(names.EPOCH_BUDGET, epochs)
-    trial.set_user_attr(names.WARMUP_EPOCHS, warmup_rule(options).epochs(epochs, schedule))
+    trial.set_user_attr(names.FIRST_JUDGED_EPOCH, warmup_rule(options).epochs(epochs, schedule, lr_warmup_epochs))
 
 
 def epoch_budget(trial: optuna.trial.FrozenTrial, default: int) -> int:
@@ -161,8 +167,10 @@ class FairPruner(BasePruner):
             return False
         step = trial.last_step
         budget = epoch_budget(trial, self._default_epochs)
-        warmup = trial.user_attrs.get(names.WARMUP_EPOCHS, self._warmup.epochs(budget, "none"))
-        if step is None or step < warmup:
+        warmup = trial.user_attrs.get(names.FIRST_JUDGED_EPOCH, self._warmup.epochs(budget, "none"))
+        # Never at its last epoch: the budget is spent, and pruning would only throw the finished result away
+        # (a 1- or 2-epoch trial was otherwise judged only there, and `--epochs 1` pruned half a sweep).
+        if step is None or step < warmup or step >= budget:
             return False
         return self.for_budget(budget).prune(SameBudgetStudy(study, budget, self._default_epochs), trial)
 

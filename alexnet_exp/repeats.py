@@ -1,6 +1,8 @@
 """Repeated seeds (`study.repeats: {top_k: K, seeds: S}`): once the search budget is spent, the K best
 configurations are trained again with S further seeds each, as trials of their own (resumable, tracked like any
-trial, never pruned), and the winner is the configuration with the best mean over its seeds.
+trial, never pruned), and the winner is the configuration with the best mean over its fresh seeds: the seed of
+its search trial was selected for being good (the top 3 of 50 on one seed are partly luck), so it is left out
+of the ranking and shown beside it.
 
 On a 5,000-image validation split an accuracy near 48% carries about +-1.4 points of sampling noise alone, more
 than the gap between the top trials of a sweep; one seed per configuration lets the noise pick the winner.
@@ -46,12 +48,22 @@ class RepeatPlan:
 
 @dataclass
 class ConfigGroup:
-    """One configuration: its search trial and the complete repeats of it, with their seed statistics."""
+    """One configuration: its search trial and the complete repeats of it, with their seed statistics.
+
+    `fresh` are the repeats' seeds alone. The search trial's seed is the one that got the configuration chosen
+    (the top 3 of 50 on one seed are there partly by luck), so a mean that includes it is biased upward:
+    configurations are ranked on `fresh`, and `stats` (all seeds) is shown beside it."""
 
     trial: optuna.trial.FrozenTrial  # the search trial
     members: list[optuna.trial.FrozenTrial]  # COMPLETE trials of this configuration, the search trial first
     failed: int  # repeats that ended as a verdict failure (diverged, stalled ...) or were pruned
-    stats: SeedStats
+    stats: SeedStats  # every seed, the search trial's included
+    fresh: Optional[SeedStats] = None  # the repeats' seeds only; None before one completes
+
+    @property
+    def estimate(self) -> SeedStats:
+        """What the configuration is judged by: its fresh seeds, or its only seed before any repeat is in."""
+        return self.fresh or self.stats
 
 
 def load_plan(study: optuna.Study) -> Optional[RepeatPlan]:
@@ -182,9 +194,12 @@ def config_groups(study: optuna.Study, plan: RepeatPlan) -> list[ConfigGroup]:
                 by_seed.setdefault(repeat_key(t), t)
         members = [original] + list(by_seed.values())
         failed = sum(1 for t in repeats if t.state == TrialState.PRUNED or (is_verdict(t) and t.state == TrialState.FAIL))
-        groups.append(ConfigGroup(original, members, failed, seed_stats([t.value for t in members])))
+        fresh = seed_stats([t.value for t in by_seed.values()]) if by_seed else None
+        groups.append(ConfigGroup(original, members, failed, seed_stats([t.value for t in members]), fresh))
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    # A configuration that failed on a seed is ranked after every one that completed all of them: a mean over
-    # the seeds that happened to work would hide that it is not reliable.
-    groups.sort(key=lambda g: (g.failed > 0, -g.stats.mean if maximize else g.stats.mean, g.trial.number))
+    # Ranked on the fresh seeds (see ConfigGroup). A configuration that failed on a seed is ranked after every
+    # one that completed all of them: a mean over the seeds that happened to work would hide that it is not
+    # reliable; one with no repeat in yet after those that have some.
+    groups.sort(key=lambda g: (g.failed > 0, g.fresh is None, -g.estimate.mean if maximize else g.estimate.mean,
+                               g.trial.number))
     return groups

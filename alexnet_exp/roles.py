@@ -31,8 +31,8 @@ from .study_store import MAX_RETRIES, enqueue_baselines, open_study, requeue_int
 from .tracking import Tracker
 from .trial_state import TrialStateStore
 from .seed_stats import seed_stats
-from .repeats import (RepeatPlan, best_search_trial, config_groups, ensure_repeats, load_plan, repeats_state,
-                      search_settled, sweep_complete)
+from .repeats import (ConfigGroup, RepeatPlan, best_search_trial, config_groups, ensure_repeats, load_plan,
+                      repeats_state, search_settled, sweep_complete)
 from .retries import retry_transient
 from .workers import POLL_SECONDS, run_trials
 
@@ -249,14 +249,15 @@ def _input_example(config: RunConfig, cache: DataCache, n: int = 2):
     return augmenter.eval(data.test_x[:n]).cpu()
 
 
-def chosen_configuration(run: SweepStudy) -> Optional[tuple[optuna.trial.FrozenTrial, list, Optional[Any]]]:
-    """What the study chose: (its search trial, the COMPLETE trials of its configuration, their seed statistics
-    or None). With repeats, the configuration with the best mean over its seeds; else the best single trial."""
+def chosen_configuration(run: SweepStudy) -> Optional[tuple[optuna.trial.FrozenTrial, list, Optional[ConfigGroup]]]:
+    """What the study chose: (its search trial, the COMPLETE trials of its configuration, its repeated-seeds
+    group or None). With repeats, the configuration with the best mean over its fresh seeds; else the best
+    single trial."""
     study = run.study
     plan = load_plan(study) if run.config.study.repeats is not None else None
     groups = config_groups(study, plan) if plan is not None else []
     if groups:
-        return groups[0].trial, groups[0].members, groups[0].stats
+        return groups[0].trial, groups[0].members, groups[0]
     best = best_search_trial(study)
     return (best, [best], None) if best is not None else None
 
@@ -269,11 +270,13 @@ def evaluate_best_once(run: SweepStudy, cache: DataCache, state: TrialStateStore
     chosen = chosen_configuration(run)
     if chosen is None:
         return None
-    best, members, stats = chosen
+    best, members, group = chosen
+    stats = group.fresh if group is not None else None  # the fresh seeds: the search seed was selected
     summary = {"trial": best.number, "value": stats.mean if stats else best.value,
                "params": json.loads(best.user_attrs[names.VALUES])}
     if stats is not None:
-        summary.update(seeds=stats.n, value_std=stats.std, value_low=stats.low, value_high=stats.high)
+        summary.update(seeds=stats.n, value_std=stats.std, value_low=stats.low, value_high=stats.high,
+                       value_search_seed=best.value, value_all_seeds=group.stats.mean)
     if (study.user_attrs.get(names.TEST_EVALUATED_TRIAL) == best.number  # the same models: the test split is
             and study.user_attrs.get(names.TEST_EVALUATED_TRIALS, [best.number]) == [m.number for m in members]):
         summary.update(study.user_attrs.get(names.TEST_METRICS, {}))  # not read again

@@ -8,13 +8,16 @@ replaying it. Samplers whose state is the study's (grid ids, the QMC sequence) s
 """
 from __future__ import annotations
 
+import copy
 import warnings
 from typing import Any, Callable, Optional
 
 import numpy as np
 import optuna
 from optuna.samplers import BaseSampler, GridSampler, QMCSampler
+from optuna.trial import FrozenTrial, TrialState
 
+from .budget import is_verdict
 from .config import ConfigError
 from .space_params import CategoricalParam, FloatParam, IntParam, SpaceEntry, branches, optuna_name
 
@@ -27,26 +30,64 @@ def trial_seed(seed: int, number: int) -> int:
     return int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
 
 
+def as_worst_result(trial: FrozenTrial) -> FrozenTrial:
+    """A failure that judges its hyperparameters (diverged, stalled, invalid, out of memory) as the sampler should
+    see it: PRUNED with no intermediate value, which TPE ranks below every complete and every pruned trial."""
+    if trial.state != TrialState.FAIL or not is_verdict(trial):
+        return trial
+    shown = copy.copy(trial)
+    shown.state, shown.intermediate_values = TrialState.PRUNED, {}
+    return shown
+
+
+class FailuresAsWorst:
+    """The study as the sampler reads it: verdict failures shown as the worst results (`as_worst_result`),
+    everything else as it is. Optuna's samplers ignore FAIL trials, so a region that diverged was sampled again
+    and again; through this view TPE puts it among its bad trials. The study itself keeps them as FAIL, with
+    their `fail_kind`. What Optuna's samplers read of a study: `_get_trials` (TPE, the intersection search
+    space), `get_trials`; the rest is passed through."""
+
+    def __init__(self, study: optuna.Study):
+        self._study = study
+
+    def _get_trials(self, deepcopy: bool = True, states=None, use_cache: bool = False) -> list[FrozenTrial]:
+        trials = [as_worst_result(t) for t in self._study._get_trials(deepcopy=deepcopy, use_cache=use_cache)]
+        return trials if states is None else [t for t in trials if t.state in states]
+
+    def get_trials(self, deepcopy: bool = True, states=None) -> list[FrozenTrial]:
+        return self._get_trials(deepcopy=deepcopy, states=states)
+
+    @property
+    def trials(self) -> list[FrozenTrial]:
+        return self.get_trials()
+
+    def __getattr__(self, name: str):
+        return getattr(self._study, name)
+
+
 class TrialSeededSampler(BaseSampler):
     """Delegates to `build(trial_seed(seed, trial.number))`, a fresh inner sampler per trial. The samplers
-    built this way keep no state of their own between trials besides their random generator."""
+    built this way keep no state of their own between trials besides their random generator. With
+    `failures_as_worst`, the inner sampler reads the study through `FailuresAsWorst`, so that the failures that
+    judge a configuration teach it (TPE; GP and CMA-ES model complete trials only, random and QMC nothing)."""
 
-    def __init__(self, build: Callable[[int], BaseSampler], seed: int):
+    def __init__(self, build: Callable[[int], BaseSampler], seed: int, failures_as_worst: bool = True):
         self._build, self._seed = build, seed
         self._inner = build(seed)
+        self._view = FailuresAsWorst if failures_as_worst else (lambda study: study)
 
     def before_trial(self, study, trial) -> None:
         self._inner = self._build(trial_seed(self._seed, trial.number))
-        self._inner.before_trial(study, trial)
+        self._inner.before_trial(self._view(study), trial)
 
     def infer_relative_search_space(self, study, trial):
-        return self._inner.infer_relative_search_space(study, trial)
+        return self._inner.infer_relative_search_space(self._view(study), trial)
 
     def sample_relative(self, study, trial, search_space):
-        return self._inner.sample_relative(study, trial, search_space)
+        return self._inner.sample_relative(self._view(study), trial, search_space)
 
     def sample_independent(self, study, trial, param_name, param_distribution):
-        return self._inner.sample_independent(study, trial, param_name, param_distribution)
+        return self._inner.sample_independent(self._view(study), trial, param_name, param_distribution)
 
     def after_trial(self, study, trial, state, values) -> None:
         self._inner.after_trial(study, trial, state, values)
@@ -110,9 +151,11 @@ def grid_points(space: dict[str, SpaceEntry]) -> dict[str, list]:
 
 
 def make_sampler(name: str, options: dict[str, Any], seed: Optional[int],
-                 space: dict[str, SpaceEntry]) -> BaseSampler:
+                 space: dict[str, SpaceEntry], failures_as_worst: bool = True) -> BaseSampler:
     """The named Optuna sampler, seeded per trial (see the module's docstring). `seed: None` draws a random
-    study seed in each process: trials then differ from run to run and still from worker to worker."""
+    study seed in each process: trials then differ from run to run and still from worker to worker.
+    `failures_as_worst`: the sampler learns from failed trials (TrialSeededSampler); off only to measure the
+    search as it was before (bench.py's search mode)."""
     samplers = optuna.samplers
     study_seed = seed if seed is not None else int(np.random.SeedSequence().generate_state(1)[0])
     shared_seed = seed if seed is not None else 0  # grid and QMC: every process must use the same one
@@ -131,6 +174,6 @@ def make_sampler(name: str, options: dict[str, Any], seed: Optional[int],
     try:
         if name == "grid":
             return _TrialSeededGrid(points, seed=shared_seed, **options)
-        return TrialSeededSampler(per_trial[name], study_seed)
+        return TrialSeededSampler(per_trial[name], study_seed, failures_as_worst)
     except (TypeError, ValueError, ImportError) as exc:
         raise ConfigError("study.sampler_options", [f"study.sampler_options for {name}: {exc}"]) from None

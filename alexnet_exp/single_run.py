@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
                                      description="Train one AlexNet configuration and print per-epoch metrics.")
     parser.add_argument("config", help="YAML file, e.g. search_spaces/smoke.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a value, e.g. --set train.lr=0.01 (repeatable)")
+                        help="override a value, e.g. --set train.batch_size=64 (repeatable); a rate: --set "
+                             "train.lr_scale=2, or --set train.lr_scale=null --set train.lr=0.01")
     parser.add_argument("--test", action="store_true",
                         help="after training, evaluate once on the held-out test split")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

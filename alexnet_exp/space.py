@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 import optuna
 
-from .config import RunConfig, ordered_params
+from .config import RunConfig, as_scales, ordered_params
 from .space_params import CategoricalParam, IntParam, SpaceEntry, SpaceParam, active_branch, optuna_name
 
 
@@ -42,11 +42,6 @@ def _contains(param: SpaceParam, value: Any) -> bool:
     return param.low <= value <= param.high
 
 
-def _read_path(config: RunConfig, path: str) -> Any:
-    section, _, key = path.partition(".")
-    return getattr(getattr(config, section), key)
-
-
 def baseline_trial(baseline: dict[str, Any], config: RunConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split a baseline into (Optuna params to enqueue, values to fix outside the sampler).
 
@@ -54,9 +49,9 @@ def baseline_trial(baseline: dict[str, Any], config: RunConfig) -> tuple[dict[st
     take the YAML's fixed value, not a sampled one. Values inside the space's distributions are enqueued so
     the sampler learns from them; the rest (outside a range, or not sampled at all) are fixed.
     """
-    values = {k: v for k, v in baseline.items() if k not in BASELINE_KEYS}
+    values = as_scales({k: v for k, v in baseline.items() if k not in BASELINE_KEYS}, config)
     for path in config.space:
-        values.setdefault(path, _read_path(config, path))
+        values.setdefault(path, config.value(path))
     params, enqueued = {}, set()
     for path in ordered_params(config.space):
         branch = active_branch(config.space[path], values)

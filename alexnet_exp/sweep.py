@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 
 from . import names
 from .budget import budget_state
-from .config import ConfigError, RunConfig, load_config, ordered_params, with_epochs_everywhere
+from .config import SCALED, ConfigError, RunConfig, load_config, ordered_params, with_epochs_everywhere
 from .data import DataError
 from .pipeline import DataCache
 from .processes import gpu_list, python_command, supervise, watch_launcher
@@ -66,6 +66,9 @@ def dry_run(config: RunConfig, sampler, n: int) -> None:
     for path in ordered_params(config.space):
         for branch in branches(config.space[path]):
             print(f"  {path}: {branch.model_dump(exclude_defaults=True)}")
+    conditional = [p for p in ordered_params(config.space) if any(b.when for b in branches(config.space[p]))]
+    if conditional and config.study.sampler == "tpe":  # what multivariate TPE cannot model with the rest
+        print(f"conditional (TPE models them apart from the other parameters): {', '.join(conditional)}")
     print(f"study: {config.study.name}, {config.study.direction} {config.study.metric}, "
           f"{config.study.n_trials} trials, sampler {config.study.sampler}, pruner {config.study.pruner}\n")
     study = optuna.create_study(sampler=sampler, direction=config.study.direction)
@@ -75,8 +78,10 @@ def dry_run(config: RunConfig, sampler, n: int) -> None:
         values = suggest(trial, config.space, json.loads(trial.user_attrs.get(names.FIXED, "{}")))
         label = trial.user_attrs.get(names.BASELINE, "sampled")
         try:
-            config.with_values(values)
-            status = ""
+            resolved = config.with_values(values)
+            # what a scale resolves to: the rate that trains (and that MLflow and the report show)
+            status = "".join(f"  -> {value} {resolved.value(value):.4g}" for value, scale in SCALED.items()
+                             if resolved.value(scale) is not None)
         except ConfigError as exc:
             status = f"  INVALID: {'; '.join(exc.errors)}"
         print(f"trial {trial.number} ({label}): {json.dumps(values)}{status}")
@@ -310,9 +315,12 @@ def _print_end(run: SweepStudy, summary: Optional[dict], took: str, say_missing:
     if summary:
         test = (f"; held-out test accuracy {summary['test_accuracy']:.4f}, macro-F1 {summary['test_macro_f1']:.4f}"
                 if "test_accuracy" in summary else "")
-        if "seeds" in summary:  # repeated: the mean over its seeds chose it
-            spread = (f" ± {summary['value_std']:.4f} over {summary['seeds']} seeds (95% CI {summary['value_low']:.4f}"
-                      f"–{summary['value_high']:.4f})")
+        if "seeds" in summary:  # repeated: the mean over its fresh seeds chose it
+            n = summary["seeds"]
+            interval = (f" ± {summary['value_std']:.4f} (95% CI {summary['value_low']:.4f}–"
+                        f"{summary['value_high']:.4f})" if n >= 2 else "")
+            spread = (f"{interval} over {n} fresh seed{'s' if n != 1 else ''} (the search seed that chose it: "
+                      f"{summary['value_search_seed']:.4f}; all seeds: {summary['value_all_seeds']:.4f})")
             if "test_accuracy_std" in summary:
                 test = (f"; held-out test accuracy {summary['test_accuracy']:.4f} ± {summary['test_accuracy_std']:.4f}, "
                         f"macro-F1 {summary['test_macro_f1']:.4f} ± {summary['test_macro_f1_std']:.4f} "

@@ -26,3 +26,49 @@ def test_a_failing_benchmark_worker_is_an_error_not_a_figure():
 
     with pytest.raises(RuntimeError, match="a benchmark worker failed"):
         shared_device([1], images_per_worker=64, device="no-such-device", batch=32)
+
+
+def test_search_benchmark_compares_strategies_at_equal_epochs(tmp_path, monkeypatch):
+    """`python -m alexnet_exp.bench search` on a tiny glyphs task: each strategy runs real sweeps until its
+    epoch budget is spent, and the summary, the JSON and the figure say what each reached."""
+    import json
+
+    from alexnet_exp import bench
+    from sweep_helpers import write_config
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    config = write_config(tmp_path / "g.yaml", data={"dataset": "glyphs", "glyph_classes": 4,
+                                                     "glyph_train_per_class": 40, "glyph_test_per_class": 10},
+                          train={"epochs": 2}, study={"name": "g", "n_trials": 3, "pruner": "median",
+                                                      "sampler": "tpe", "seed": 0})
+    assert bench.main(["search", "--config", str(config), "--gpu-scale", "--seeds", "0", "--epoch-budget", "5",
+                       "--startup", "1", "--out", str(tmp_path / "out")]) == 0
+    (found,) = (tmp_path / "out").glob("search-cpu-*.json")
+    result = json.loads(found.read_text())
+    assert set(result["summary"]) == {"default", "random", "before"}
+    for study in result["studies"]:
+        spent = [t["cumulative_epochs"] for t in study["trials"]]
+        assert spent == sorted(spent) and spent[-1] >= 5  # one trial at a time until the budget is spent
+        assert spent[-2] < 5 if len(spent) > 1 else True  # and no trial started after it was
+        assert study["test_accuracy"] is not None and study["chosen_trial"] is not None
+    assert list((tmp_path / "out").glob("search-cpu-*.png"))
+    assert not (tmp_path / "sweeps").exists()  # the studies' state stays in a temporary folder
+
+
+def test_a_trial_that_ended_diverged_counts_the_epoch_it_trained():
+    import optuna
+
+    from alexnet_exp import names
+    from alexnet_exp.search_bench import epochs_trained
+
+    study = optuna.create_study()
+    trial = study.ask()
+    trial.report(0.5, 1)
+    trial.set_user_attr(names.FAIL_KIND, names.DIVERGED)  # fit ended on epoch 2, before its report
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    pruned = study.ask()
+    for epoch in (1, 2, 3):
+        pruned.report(0.1, epoch)
+    study.tell(pruned, state=optuna.trial.TrialState.PRUNED)
+    assert [epochs_trained(t) for t in study.trials] == [2, 3]

@@ -122,3 +122,104 @@ def test_circular_conditions_are_a_config_error_with_their_path():
             "train.lr": {"type": "float", "low": 0.01, "high": 0.1, "when": {"train.momentum": 0.9}},
             "train.momentum": {"type": "float", "low": 0.5, "high": 0.9, "when": {"train.lr": 0.05}}}})
     assert "space.train.lr.when: circular condition train.lr -> train.momentum -> train.lr" in str(exc.value)
+
+
+SCALE_SPACE = {"train.lr_scale": {"type": "float", "low": 0.1, "high": 10, "log": True},
+               "train.optimizer": {"type": "categorical", "choices": ["sgd", "adam"]},
+               "train.batch_size": {"type": "categorical", "choices": [64, 512]}}
+
+
+def test_a_rate_and_its_scale_given_together_are_refused(tmp_path):
+    path = tmp_path / "both.yaml"
+    path.write_text("train: {lr: 0.05, lr_scale: 2.0}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.errors == ["train.lr and train.lr_scale: give one; train.lr_scale resolves train.lr from "
+                                 "its optimiser's reference (README, Learning rates); to train at a given lr, add "
+                                 "--set train.lr_scale=null"]
+    path.write_text("train: {lr_scale: 2.0}\n")  # an override that names the other is the same mistake
+    with pytest.raises(ConfigError, match="train.lr and train.lr_scale: give one"):
+        load_config(path, ["train.lr=0.1"])
+    assert load_config(path).train.lr == pytest.approx(0.02 * 2.0 * 128 / 256)
+
+
+def test_a_sampled_rate_beside_a_scale_is_refused():
+    errors = errors_of({"train": {"lr_scale": 1.0},
+                        "space": {"train.lr": {"type": "float", "low": 1e-3, "high": 0.1, "log": True}}})
+    assert errors == ["space.train.lr: train.lr_scale is set, and it resolves train.lr, so a sampled train.lr "
+                      "would be overwritten; sample train.lr_scale instead, or set train.lr_scale: null"]
+
+
+def test_a_scale_that_resolves_out_of_range_names_the_scale():
+    errors = errors_of({"train": {"lr_scale": 900.0, "batch_size": 512}})
+    assert errors == ["train: lr_scale 900 resolves to lr 36 for sgd at batch 512, above 10; lower it"]
+
+
+def test_a_baseline_rate_is_enqueued_as_the_scale_that_gives_it():
+    from alexnet_exp.space import baseline_trial
+
+    config = config_from_dict({"space": SCALE_SPACE, "baselines": [
+        {"name": "paper", "train.optimizer": "sgd", "train.lr": 0.01, "train.batch_size": 64},
+        {"name": "adam-far", "train.optimizer": "adam", "train.lr": 0.3, "train.batch_size": 512}]})
+    params, fixed = baseline_trial(config.baselines[0], config)
+    assert params == {"train.lr_scale": 2.0, "train.optimizer": "sgd", "train.batch_size": 64} and fixed == {}
+    assert config.with_values({**params, **fixed}).train.lr == pytest.approx(0.01)  # it trains at its own rate
+    params, fixed = baseline_trial(config.baselines[1], config)
+    assert "train.lr_scale" not in params  # outside the space's range: fixed, not taught to the sampler
+    assert config.with_values({**params, **fixed}).train.lr == pytest.approx(0.3)
+
+
+def test_epochs_flag_shortens_a_sampled_warmup_too():
+    from alexnet_exp.config import with_epochs_everywhere
+
+    config = load_config("search_spaces/cifar100.yaml")
+    assert config.space["train.warmup_epochs"].high == 3
+    two = with_epochs_everywhere(config, 2)  # a warm-up must end before the last epoch: at most 1 of 2
+    assert two.space["train.warmup_epochs"].high == 1 and two.train.epochs == 2
+    one = with_epochs_everywhere(config, 1)
+    assert "train.warmup_epochs" not in one.space and one.train.warmup_epochs == 0
+
+
+
+def test_a_dumped_config_loads_again(tmp_path):
+    """A trial's config.yaml artifact holds the scale and the rate it resolved to: they agree, and it loads."""
+    from alexnet_exp.config import dump_config
+
+    config = load_config("search_spaces/cifar100.yaml").with_values({"train.lr_scale": 2.5, "train.batch_size": 64})
+    path = tmp_path / "config.yaml"
+    path.write_text(dump_config(config))
+    again = load_config(path)
+    assert again.train.lr == config.train.lr == pytest.approx(0.02 * 2.5 * 64 / 256)
+    assert load_config(path, ["train.lr_scale=null", "train.lr=0.3"]).train.lr == 0.3
+
+
+def test_a_rate_set_as_a_value_is_not_overwritten_by_a_scale():
+    config = load_config("search_spaces/cifar100.yaml")
+    assert config.train.lr_scale == 1.0
+    assert config.with_values({"train.lr": 0.5}).train.lr == 0.5
+
+
+def test_a_baseline_rate_outside_what_a_scale_can_be_is_refused_with_its_key():
+    errors = errors_of({"space": SCALE_SPACE, "baselines": [
+        {"name": "fast-adam", "train.optimizer": "adam", "train.lr": 9.0, "train.batch_size": 64}]})
+    assert errors == ["baselines[0].train.lr: 9.0 is train.lr_scale 6e+04 for adam at batch 64, which is refused "
+                      "(Input should be less than or equal to 1000)"]
+
+
+def test_a_warmup_that_some_trials_cannot_have_is_refused():
+    schedules = {"type": "categorical", "choices": ["cosine", "onecycle"]}
+    warmup = {"type": "int", "low": 0, "high": 2}
+    errors = errors_of({"space": {"train.schedule": schedules, "train.warmup_epochs": warmup}})
+    assert errors == ["space.train.warmup_epochs: a onecycle trial could get a warm-up, which it refuses (it rises "
+                      "by itself over 30% of its steps); add `when: {train.schedule: [...]}` without onecycle, or "
+                      "leave onecycle out of the space"]
+    config_from_dict({"space": {"train.schedule": schedules,
+                                "train.warmup_epochs": {**warmup, "when": {"train.schedule": "cosine"}}}})
+    errors = errors_of({"train": {"epochs": 2}, "space": {"train.warmup_epochs": warmup}})
+    assert errors == ["space.train.warmup_epochs: up to 2, but trials may train only 2 epoch(s); a warm-up must end "
+                      "before the last epoch (--epochs N shortens it for you)"]
+
+
+def test_the_logit_relu_is_not_a_search_dimension():
+    errors = errors_of({"space": {"model.logit_relu": {"type": "categorical", "choices": [False, True]}}})
+    assert errors[0].startswith("space.model.logit_relu: a ReLU on the logits is the CIFAR-100 notebook's bug")

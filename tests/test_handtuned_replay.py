@@ -36,7 +36,8 @@ def _replayed(config):
     for _ in config.baselines:
         trial = study.ask()
         values = suggest(trial, config.space, json.loads(trial.user_attrs.get("fixed", "{}")))
-        out[trial.user_attrs["baseline"]] = (config.with_values(values), json.loads(trial.user_attrs["reported"]))
+        reported = json.loads(trial.user_attrs.get("reported", "{}"))
+        out[trial.user_attrs["baseline"]] = (config.with_values(values), reported)
         study.tell(trial, 0.0)
     return out
 
@@ -44,7 +45,7 @@ def _replayed(config):
 def test_each_notebook_run_is_replayed_as_it_was_trained():
     config = load_config(YAML)
     replayed = _replayed(config)
-    assert sorted(replayed) == [f"notebook-run-{run}" for run in NOTEBOOK]
+    assert sorted(replayed) == sorted([f"notebook-run-{run}" for run in NOTEBOOK] + ["notebook-run-7-no-logit-relu"])
     for run, (batch, lr, optimizer, epochs, pre_resize, flip, normalize, accuracy, f1) in NOTEBOOK.items():
         trained, reported = replayed[f"notebook-run-{run}"]
         t, a, m = trained.train, trained.augment, trained.model
@@ -52,11 +53,22 @@ def test_each_notebook_run_is_replayed_as_it_was_trained():
         assert (a.pre_resize, a.flip, a.normalize, a.crop, a.pca_color) == (pre_resize, flip, normalize, False, 0.0), run
         # plain torch.optim.SGD(params, lr=lr) / Adam(params, lr=lr): no momentum, no decay, no schedule
         assert (t.momentum, t.weight_decay, t.schedule, t.label_smoothing) == (0.0, 0.0, "none", 0.0), run
-        # its network: BatchNorm after conv1 only, dropout 0.5 after the hidden FC layers, PyTorch's init
-        assert (m.arch, m.norm, m.dropout, m.dropout_at, m.init, m.width) == (
-            "alexnet", "conv1_batchnorm", 0.5, "fc_outputs", "pytorch", 1.0), run
+        # its network: BatchNorm after conv1 only, dropout 0.5 after the hidden FC layers, PyTorch's init, and
+        # its ReLU on the logits (the bug that killed run 8)
+        assert (m.arch, m.norm, m.dropout, m.dropout_at, m.init, m.width, m.logit_relu) == (
+            "alexnet", "conv1_batchnorm", 0.5, "fc_outputs", "pytorch", 1.0, True), run
         assert (reported["accuracy"], reported["macro_f1"], reported["split"], reported["epoch"]) == (
             accuracy, f1, "test", epochs), run
+
+
+def test_run_7_is_also_replayed_without_the_logit_relu_and_sampled_trials_never_have_it():
+    config = load_config(YAML)
+    replayed = _replayed(config)
+    fixed, reported = replayed["notebook-run-7-no-logit-relu"]
+    original, _ = replayed["notebook-run-7"]
+    assert not fixed.model.logit_relu and reported == {}  # nothing reported: it was never run by the notebook
+    assert fixed.model_copy(update={"model": original.model}) == original  # otherwise run 7 exactly
+    assert not config.model.logit_relu and "model.logit_relu" not in config.space
 
 
 def test_sampled_trials_sample_the_epochs_too():

@@ -2,21 +2,36 @@
 import dataclasses
 import inspect
 
+import pytest
+
 from alexnet_exp.augment import BatchAugmenter
 from alexnet_exp.config import AugmentConfig, DataConfig, TrainConfig
 from alexnet_exp.data import load_dataset
-from alexnet_exp.pipeline import dataset_kwargs, fit_settings
+from alexnet_exp.pipeline import RESOLVED_TRAIN_KEYS, dataset_kwargs, fit_settings
 from alexnet_exp.train import FitSettings
 
 
 def test_every_train_key_reaches_fit_and_only_device_stays_behind():
     fields = {f.name for f in dataclasses.fields(FitSettings)}
-    assert fields == set(TrainConfig.model_fields) - {"device"}  # a new train key must be wired here
+    # a new train key must be wired here, or resolved into one that is (the scales into lr and weight_decay)
+    assert fields == set(TrainConfig.model_fields) - {"device"} - set(RESOLVED_TRAIN_KEYS)
+    assert set(RESOLVED_TRAIN_KEYS.values()) <= fields
     cfg = TrainConfig(optimizer="adamw", lr=0.02, momentum=0.5, weight_decay=0.05, batch_size=32, epochs=7,
-                      schedule="step", step_epochs=3, lr_factor=0.5, plateau_patience=4, label_smoothing=0.1,
-                      seed=11, eval_batch_size=99, stall_epochs=6, loss_every_steps=5, compile=True)
+                      schedule="step", warmup_epochs=2, step_epochs=3, lr_factor=0.5, plateau_patience=4,
+                      label_smoothing=0.1, seed=11, eval_batch_size=99, stall_epochs=6, loss_every_steps=5,
+                      compile=True)
     settings = fit_settings(cfg)
     assert {name: getattr(settings, name) for name in fields} == {name: getattr(cfg, name) for name in fields}
+
+
+def test_scales_reach_fit_as_the_rates_they_resolve_to():
+    cfg = TrainConfig(optimizer="sgd", lr_scale=2.0, batch_size=64, weight_decay_scale=0.5,
+                      lr_reference={"sgd": 0.04}, weight_decay_reference={"sgd": 1e-3})
+    settings = fit_settings(cfg)
+    assert settings.lr == pytest.approx(0.04 * 2.0 * 64 / 256)  # sgd: linear in the batch size
+    assert settings.weight_decay == pytest.approx(1e-3 * 0.5)
+    adam = fit_settings(TrainConfig(optimizer="adam", lr_scale=1.0, batch_size=64))
+    assert adam.lr == pytest.approx(3e-4 * 0.5)  # adam: sqrt(64 / 256) of its reference
 
 
 def test_every_data_key_reaches_load_dataset():

@@ -28,10 +28,10 @@ def finish(study, value, budget, schedule="none", steps=None):
     study.tell(trial, value)
 
 
-def first_pruned_epoch(study, value, budget, schedule="none", options=None, attrs=None):
+def first_pruned_epoch(study, value, budget, schedule="none", options=None, attrs=None, lr_warmup=0):
     """The epoch at which a trial reporting `value` every epoch is pruned; None when it never is."""
     trial = study.ask()
-    record_budget(trial, budget, schedule, options or {})
+    record_budget(trial, budget, schedule, options or {}, lr_warmup)
     for key, v in (attrs or {}).items():
         trial.set_user_attr(key, v)
     for epoch in range(1, budget + 1):
@@ -146,7 +146,7 @@ def test_the_pruner_is_the_same_in_every_process(tmp_path):
     frozen = study.get_trials(deepcopy=False)[-1]
     copies = [make_pruner("median", options, 10), pickle.loads(pickle.dumps(make_pruner("median", options, 10)))]
     assert [p.prune(study, frozen) for p in copies] == [True, True]
-    assert frozen.user_attrs[names.WARMUP_EPOCHS] == 1
+    assert frozen.user_attrs[names.FIRST_JUDGED_EPOCH] == 1
 
 
 def test_bad_pruner_names_and_options_are_config_errors():
@@ -170,3 +170,27 @@ def test_pruners_by_name(name, kind):
     pruner = make_pruner(name, {}, epochs=10)
     assert isinstance(pruner, FairPruner) and isinstance(pruner.for_budget(10), kind)
     assert isinstance(make_pruner("none", {}, epochs=10), optuna.pruners.NopPruner)
+
+
+@pytest.mark.parametrize("name", ["median", "percentile", "successive_halving", "hyperband"])
+def test_no_trial_is_pruned_at_its_last_epoch(tmp_path, name):
+    """Pruning at the last epoch throws away a result whose budget is spent: 1- and 2-epoch trials (`--epochs 1`)
+    were judged only there, and a trial overtaken at its final epoch was lost."""
+    study = new_study(tmp_path, make_pruner(name, {}, epochs=2), name=name)
+    for value in HIGH * 3:
+        finish(study, value, budget=2)
+        finish(study, value, budget=1)
+    assert first_pruned_epoch(study, 0.01, budget=2) is None
+    assert first_pruned_epoch(study, 0.01, budget=1) is None
+    if name == "median":  # the last epoch only: a hopeless 4-epoch trial is still pruned before it
+        for value in HIGH:
+            finish(study, value, budget=4)
+        assert first_pruned_epoch(study, 0.01, budget=4) == 2
+
+
+def test_a_trial_is_not_judged_while_its_learning_rate_warms_up(tmp_path):
+    assert WarmupRule().epochs(20, "cosine", lr_warmup_epochs=6) == 7
+    study = new_study(tmp_path, make_pruner("median", {}, epochs=20))
+    for value in HIGH:
+        finish(study, value, budget=20)
+    assert first_pruned_epoch(study, 0.01, budget=20, schedule="cosine", lr_warmup=6) == 7

@@ -159,11 +159,14 @@ WIDE_SPACE = {  # a few of cifar100.yaml's dimensions, a conditional one include
 WIDE_COLUMNS = {"lr", "optimizer", "momentum", "weight_decay", "label_smoothing", "schedule", "dropout"}
 REPORTED = {"accuracy": 0.4823, "macro_f1": 0.4727, "split": "test", "epoch": 20,
             "source": "CIFAR-100 notebook, run 7", "note": "its printed accuracy divides by 10,016"}
-# Objective values chosen so the ties are known (binary fractions: the means are exact). Configuration A is the
-# best by mean; B overlaps it within its seeds' spread; C is far below; D (one seed) equals A's mean; E (one
-# seed) is outside the 150-image split's binomial noise of A, F (one seed) inside it.
+# Objective values chosen so the ties are known (binary fractions: the means are exact). The first value is a
+# configuration's search seed, the others its fresh seeds (repeats), on which repeated configurations are
+# compared. Configuration A is the best by its fresh mean (0.671875); B overlaps it within its seeds' spread; C
+# is far below; D (one seed) equals A's fresh mean; E (one seed) is outside the 150-image split's binomial noise
+# of A, F (one seed) inside it; G's lucky search seed (0.9375) puts the mean of all its seeds (0.6875) above A's
+# (0.65625), but its fresh seeds (0.5625) are below: ranked on them, it is not the best.
 SEEDS = {"A": [0.625, 0.6875, 0.65625], "B": [0.59375, 0.6875, 0.625], "C": [0.25, 0.28125, 0.3125],
-         "D": [0.65625], "E": [0.5], "F": [0.59375]}
+         "D": [0.671875], "E": [0.5], "F": [0.59375], "G": [0.9375, 0.5625, 0.5625]}
 
 
 def _add_configuration(study, template, index, values):
@@ -181,7 +184,7 @@ def _add_configuration(study, template, index, values):
     for seed, value in enumerate(values):
         attrs = {"values": json.dumps(dict(sampled, **({"train.seed": seed} if seed else {})))}
         if seed:
-            attrs["repeat_of"] = numbers[0]
+            attrs.update(repeat_of=numbers[0], fixed=json.dumps({"train.seed": seed}))
         study.add_trial(create_trial(state=TrialState.COMPLETE, value=value, params=params,
                                      distributions=template.distributions, user_attrs=attrs))
         numbers.append(study.get_trials(deepcopy=False)[-1].number)
@@ -210,8 +213,12 @@ def noisy(tmp_path_factory):
         numbers = {"A": _add_configuration(study, template, 1, SEEDS["A"])}
         tracking = ["--tracking-uri", f"sqlite:///{root / 'mlflow.db'}", "--no-mlflow"]
         assert report.main(["--study", "noisy", "--out", "early", *tracking]) == 0
-        for i, name in enumerate("BCDEF", start=2):
+        for i, name in enumerate("BCDEFG", start=2):
             numbers[name] = _add_configuration(study, template, i, SEEDS[name])
+        # the plan the sweep writes for repeats: the configurations trained with more seeds, and their seeds
+        repeated = {numbers[n][0]: [1, 2] for n in "ABCG"}
+        study.set_user_attr("repeats_plan", json.dumps({"after_trial": max(repeated), "seeds": repeated,
+                                                        "n_trials": 2, "top_k": 4, "n_seeds": 2}))
         assert report.main(["--study", "noisy", *tracking]) == 0
         yield root, study, numbers
     finally:
@@ -267,14 +274,19 @@ def test_repeated_seeds_and_ties(noisy):
 
     root, _, numbers = noisy
     markdown = (root / "reports/noisy/report.md").read_text()
-    for name in "ABC":  # mean ± std and the 95% interval over the original and its repeats
-        stats = seed_stats(SEEDS[name])
+    for name in "ABCG":  # mean ± std and the 95% interval over the fresh seeds, then the search seed and all
+        fresh, every = seed_stats(SEEDS[name][1:]), seed_stats(SEEDS[name])
         row = next(line for line in markdown.splitlines() if line.startswith(f"| trial {numbers[name][0]} |"))
-        assert stats.text() in row and "±" in row
-        assert f"| {', '.join(map(str, numbers[name]))} | 3 |" in row
+        assert fresh.text() in row and "±" in row
+        assert f"| {', '.join(map(str, numbers[name]))} | 2 |" in row
+        assert f"| {SEEDS[name][0]:.4g} | {every.mean:.4g} |" in row
+    assert seed_stats(SEEDS["G"]).mean > seed_stats(SEEDS["A"]).mean  # the old ranking would have chosen G
+    assert f"trial {numbers['A'][0]}, val_accuracy {seed_stats(SEEDS['A'][1:]).text()}; its search seed gave" \
+        in markdown
+    assert "binomial noise of a share" in markdown and "the split's noise, not the seed's" in markdown
     table = pd.read_csv(root / "reports/noisy/trials.csv").set_index("trial")
     expected = {"A": "best", "B": "within noise of the best", "C": None, "D": "tied with the best (equal value)",
-                "E": None, "F": "within noise of the best"}
+                "E": None, "F": "within noise of the best", "G": "within noise of the best"}  # 2 fresh seeds: wide
     for name, label in expected.items():
         for number in numbers[name]:  # every seed of a configuration carries its label
             cell = table.loc[number, "vs_best"]
@@ -356,3 +368,22 @@ def test_html_report_renders_markdown_in_chromium(in_swept, tmp_path):
     assert "Study tiny" in shown and "synthetic" in shown  # the page did render
     assert "**" not in shown and "`" not in shown
     assert "<strong>synthetic</strong>" in dom and "<code>python -m alexnet_exp.sweep" in dom
+
+
+def test_a_replay_with_the_logit_relu_is_shown_beside_its_twin_without_it():
+    from types import SimpleNamespace
+
+    from alexnet_exp.report.data import TrialRow
+    from alexnet_exp.report.references import _without_logit_relu
+
+    def row(number, state, **values):
+        return TrialRow(number, state, 0.5, "", "", None, values, None, None)
+
+    replay = row(6, "COMPLETE", **{"train.lr": 0.005, "model.logit_relu": True})
+    twin = row(8, "COMPLETE", **{"train.lr": 0.005})
+    other = row(9, "COMPLETE", **{"train.lr": 0.01})
+    data = SimpleNamespace(trials=[replay, row(7, "FAIL", **{"train.lr": 0.005, "model.logit_relu": False}), twin,
+                                   other])
+    assert _without_logit_relu(data, replay) is twin  # the complete one, though a failed twin exists
+    assert _without_logit_relu(data, other) is None  # not a network with the bug
+    assert _without_logit_relu(SimpleNamespace(trials=[replay, other]), replay) is None

@@ -97,7 +97,7 @@ def test_states_map_to_mlflow_status_with_reasons(in_tmp):
     assert set(trials) == {"good", "crash", "slow", "boom", "nesterov"}  # the crash did not count, so 5 ran
     assert trials["good"].state == TrialState.COMPLETE
     # what the pruner judged it by, recorded before it trained: its own epochs, and a warm-up of 1 (options)
-    assert (trials["good"].user_attrs["epoch_budget"], trials["good"].user_attrs["warmup_epochs"]) == (3, 1)
+    assert (trials["good"].user_attrs["epoch_budget"], trials["good"].user_attrs["first_judged_epoch"]) == (3, 1)
     assert trials["slow"].state == TrialState.PRUNED and trials["slow"].user_attrs["pruned_at_epoch"] == 1
     assert trials["boom"].state == TrialState.FAIL and trials["boom"].user_attrs["fail_kind"] == "diverged"
     assert trials["nesterov"].user_attrs["fail_kind"] == "invalid"

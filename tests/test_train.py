@@ -297,3 +297,133 @@ def test_adam_at_lr_10_is_diverged_not_complete(tiny_data):
     assert result.status == "diverged", result.reason
     assert "exploded" in result.reason and "ln C" in result.reason and "epoch 1" in result.reason
     assert result.epochs_run == 1 and math.isfinite(result.history[0].train_loss)  # the epoch is kept
+
+
+def dead_linear(num_classes):
+    """A zero linear model that cannot move (lr 0): uniform probabilities, loss ln C, every epoch."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, num_classes))
+    nn.init.zeros_(model[1].weight)
+    nn.init.zeros_(model[1].bias)
+    return model
+
+
+def test_a_run_that_trained_every_epoch_completes_even_at_chance(tiny_data):
+    """The stall rule ends a run to save the epochs it has left; at its last epoch there are none, and its
+    result is a result (the pruner does the same: test_pruning.py)."""
+    _, augmenter = parts(tiny_data)
+    last = run(tiny_data, dead_linear(tiny_data.num_classes), augmenter, lr=0.0, epochs=2, stall_epochs=2)
+    assert last.status == "completed" and last.epochs_run == 2
+    # and the epochs of a warm-up do not count: the rate still rises, they are slow by design
+    warming = run(tiny_data, dead_linear(tiny_data.num_classes), augmenter, lr=0.0, epochs=10, stall_epochs=2,
+                  warmup_epochs=3)
+    assert warming.status == "stalled" and warming.epochs_run == 5
+
+
+@pytest.mark.parametrize("schedule", ["none", "step", "plateau", "cosine", "onecycle"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+def test_the_optimiser_state_follows_the_sampled_values_under_every_schedule(schedule, optimizer):
+    """OneCycleLR's default cycled SGD's momentum (0.95 -> 0.85) and Adam's beta1, overwriting what was sampled.
+    Every step of a whole run keeps the configured momentum (SGD) or Adam's betas, and nesterov."""
+    param = nn.Parameter(torch.zeros(1))
+    sgd = optimizer == "sgd"
+    opt = make_optimizer([param], optimizer, 0.1, momentum=0.3 if sgd else 0.0, nesterov=sgd, weight_decay=1e-4,
+                         fused=False)
+    sched = Schedule(opt, schedule, epochs=3, steps_per_epoch=4, lr=0.1, step_epochs=1, plateau_patience=0)
+    seen = []
+    for _ in range(3):
+        for _ in range(4):
+            opt.step()
+            sched.after_step()
+            group = opt.param_groups[0]
+            seen.append((group["momentum"], group["nesterov"]) if sgd else group["betas"])
+        sched.after_epoch(val_error=0.5)
+    assert set(seen) == {(0.3, True) if sgd else (0.9, 0.999)}
+
+
+def test_onecycle_trains_with_the_configured_momentum(tiny_data):
+    """End to end: the optimiser state fit checkpoints after an epoch of onecycle has the momentum it was given."""
+    model, augmenter = parts(tiny_data)
+    states = []
+    run(tiny_data, model, augmenter, schedule="onecycle", momentum=0.0, epochs=2, on_checkpoint=states.append)
+    assert [s["optimizer"]["param_groups"][0]["momentum"] for s in states] == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("name", ["none", "step", "plateau", "cosine"])
+def test_warmup_rises_linearly_then_the_schedule_runs(name):
+    param = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=0.1)
+    sched = Schedule(opt, name, epochs=5, steps_per_epoch=4, lr=0.1, step_epochs=1, lr_factor=0.1,
+                     plateau_patience=0, warmup_epochs=2)
+    lrs = [opt.param_groups[0]["lr"]]  # the first batch's rate
+    for epoch in range(5):
+        for _ in range(4):
+            opt.step()
+            sched.after_step()
+            lrs.append(opt.param_groups[0]["lr"])
+        sched.after_epoch(val_error=0.5)  # flat: plateau divides, once warmed up only
+        lrs[-1] = opt.param_groups[0]["lr"]
+    assert lrs[:8] == pytest.approx([0.1 * k / 8 for k in range(1, 9)])  # 8 warm-up steps from 0.1/8
+    assert lrs[8] == pytest.approx(0.1)  # the peak, at the end of the warm-up
+    after = lrs[9:]
+    if name == "none":
+        assert after == pytest.approx([0.1] * len(after))
+    elif name == "cosine":
+        assert all(b < a for a, b in zip(after, after[1:])) and after[-1] == pytest.approx(0.0, abs=1e-12)
+    elif name == "step":  # divided every epoch (step_epochs 1), counted from the end of the warm-up
+        assert after == pytest.approx([0.1] * 3 + [0.01] * 4 + [0.001] * 4 + [0.0001] * 1)
+    else:  # plateau: the flat error divides at each epoch's end once warmed up, never during the warm-up
+        assert lrs[4] == pytest.approx(0.1 * 5 / 8)  # the end of epoch 1: no division
+        assert lrs[12] == pytest.approx(0.1 * 0.1) and lrs[16] == pytest.approx(0.1 * 0.01)
+
+
+def test_a_warmup_resumes_where_it_stopped():
+    def schedule():
+        param = nn.Parameter(torch.zeros(1))
+        opt = torch.optim.SGD([param], lr=0.1)
+        return opt, Schedule(opt, "plateau", epochs=4, steps_per_epoch=3, lr=0.1, warmup_epochs=2,
+                             plateau_patience=0)
+
+    def steps(opt, sched, n):
+        out = []
+        for i in range(n):
+            opt.step()
+            sched.after_step()
+            if (i + 1) % 3 == 0:
+                sched.after_epoch(0.5)
+            out.append(opt.param_groups[0]["lr"])
+        return out
+
+    opt, sched = schedule()
+    whole = steps(opt, sched, 12)
+    opt, sched = schedule()
+    first = steps(opt, sched, 3)
+    state = sched.state_dict()
+    opt2, sched2 = schedule()
+    opt2.param_groups[0]["lr"] = opt.param_groups[0]["lr"]  # the optimiser's own state comes back with it
+    sched2.load_state_dict(state)
+    assert first + steps(opt2, sched2, 9) == pytest.approx(whole)
+
+
+def test_warmup_with_onecycle_is_refused():
+    with pytest.raises(ValueError, match="onecycle warms up by itself"):
+        Schedule(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1), "onecycle", epochs=4, steps_per_epoch=2,
+                 lr=0.1, warmup_epochs=1)
+
+
+@pytest.mark.parametrize("logit_relu", [True, False])
+def test_the_logit_relu_reproduces_the_notebooks_dead_run(tiny_data, logit_relu):
+    """The CIFAR-100 notebook's run 8 (its network with a ReLU on the logits, Adam at 5e-3) printed ln 100 at every
+    step: all logits <= 0, no gradient through the ReLU. `model.logit_relu` trains that network; without it the
+    same run still moves."""
+    torch.manual_seed(0)
+    model = build_model("alexnet_cifar", tiny_data.num_classes, norm="conv1_batchnorm", width=0.25, init="pytorch",
+                        dropout=0.5, dropout_at="fc_outputs", logit_relu=logit_relu)
+    augmenter = BatchAugmenter(stats=color_stats(tiny_data.train_x), input_size=32, crop_padding=0, flip=False,
+                               normalize="none")
+    result = run(tiny_data, model, augmenter, optimizer="adam", lr=5e-3, momentum=0.0, batch_size=32, epochs=2,
+                 stall_epochs=10, loss_every_steps=1)
+    spread = max(abs(v - math.log(tiny_data.num_classes)) for _, v in result.history[-1].step_losses)
+    if logit_relu:  # every step of epoch 2 at ln C, to float32's precision
+        assert spread < 1e-6 and result.history[-1].val_loss == pytest.approx(math.log(10), abs=1e-6)
+    else:
+        assert spread > 1e-3

@@ -175,7 +175,7 @@ def load_study_data(name: str, storage: str, tracking_uri: Optional[str] = None)
 
 def _chosen_number(study: optuna.Study) -> Optional[int]:
     """The trial the study chose: with repeats, the search trial of the configuration with the best mean over
-    its seeds (the one evaluated on the test split), else the best single trial."""
+    its fresh seeds (the one evaluated on the test split), else the best single trial."""
     plan = load_plan(study)
     groups = config_groups(study, plan) if plan is not None else []
     if groups:

@@ -64,6 +64,20 @@ def _metric(t: TrialRow, data: StudyData, metric: str):
     return t.value if value is None and metric == data.metric else value
 
 
+LOGIT_RELU = "model.logit_relu"
+
+
+def _without_logit_relu(data: StudyData, replay: TrialRow):
+    """For a replay of a network with the logit ReLU (the CIFAR-100 notebook's bug), a trial of the same
+    configuration without it, if the study has one: the row that shows what removing the bug alone buys."""
+    if not replay.values.get(LOGIT_RELU):
+        return None
+    same = {k: v for k, v in replay.values.items() if k != LOGIT_RELU}
+    found = [u for u in data.trials if u.repeat_of is None and not u.values.get(LOGIT_RELU)
+             and {k: v for k, v in u.values.items() if k != LOGIT_RELU} == same]
+    return max(found, key=lambda u: (u.state == "COMPLETE", u.number)) if found else None
+
+
 def reported_blocks(data: StudyData, configs: list[Configuration]) -> list:
     baselines = list(dict.fromkeys(t.baseline for t in data.trials if t.baseline and t.reported))
     if not baselines:
@@ -77,14 +91,20 @@ def reported_blocks(data: StudyData, configs: list[Configuration]) -> list:
         rows.append({"baseline": name, "figures": f"reported ({source}, {reported.get('split', '?')} split)",
                      "accuracy": reported.get("accuracy"), "macro_f1": reported.get("macro_f1"),
                      "epochs": reported.get("epoch", reported.get("epochs")), "seeds": ""})
-        repeated = seeds.get(t.number)
-        rows.append({"baseline": name, "figures": f"replayed here: trial {t.number} ({t.state.lower()}), "
-                                                  f"validation split",
-                     "accuracy": _metric(t, data, "val_accuracy"), "macro_f1": _metric(t, data, "val_macro_f1"),
-                     "epochs": len(t.curves.get("val_loss", [])) or (t.config.train.epochs if t.config else None),
-                     "seeds": f"{data.metric} {repeated.stats.text()}" if repeated else "1 seed"})
+        for u, label in ((t, "replayed here"), (_without_logit_relu(data, t), "without the logit ReLU")):
+            if u is None:
+                continue
+            repeated = seeds.get(u.number)
+            rows.append({"baseline": name if u is t else u.baseline,
+                         "figures": f"{label}: trial {u.number} ({u.state.lower()}), validation split",
+                         "accuracy": _metric(u, data, "val_accuracy"), "macro_f1": _metric(u, data, "val_macro_f1"),
+                         "epochs": len(u.curves.get("val_loss", [])) or (u.config.train.epochs if u.config else None),
+                         "seeds": (f"{data.metric} {repeated.estimate.text()} (fresh seeds; with its own "
+                                   f"{repeated.stats.mean:.4f})") if repeated else "1 seed"})
     return ["## Reported vs replayed",
             "Each baseline that replays a documented run: the figures its source reported, then this sweep's "
-            "trial. The source measured its own split (often the test split); the replay is measured on this "
-            "sweep's validation split, the test split being kept for the final best trial.",
+            "trial, and where the study trained the same configuration without the source network's ReLU on its "
+            "logits (`model.logit_relu`, a bug), that trial too. The source measured its own split (often the "
+            "test split); the replay is measured on this sweep's validation split, the test split being kept for "
+            "the final best trial.",
             pd.DataFrame(rows)]

@@ -80,6 +80,7 @@ class FitSettings:
     batch_size: int
     epochs: int
     schedule: str  # none | step | plateau | cosine | onecycle
+    warmup_epochs: int  # epochs of linear rise to the peak rate before the schedule (not onecycle)
     step_epochs: int  # step: epochs between divisions
     lr_factor: float  # step/plateau: multiplier at each division
     plateau_patience: int  # plateau: epochs without improvement
@@ -208,7 +209,8 @@ def fit(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: t
     """Train `model` on uint8 images held on the training device; validate after every epoch.
 
     Ends early with status `diverged` (a loss that is not finite or exploded, see stopping.py) or `stalled`
-    (at chance and not improving for `settings.stall_epochs` epochs in a row). `on_epoch` gets each epoch's
+    (at chance and not improving for `settings.stall_epochs` epochs in a row; never at the last epoch nor during
+    the learning-rate warm-up). `on_epoch` gets each epoch's
     metrics and may raise to stop; `on_batch(step, steps_per_epoch)` drives a progress bar.
     `on_checkpoint` gets the full training state after each epoch (model, optimiser, schedule, RNG, history:
     tensors and plain types only); passing such a state as `resume` continues from the epoch after it, with
@@ -227,7 +229,7 @@ def fit(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: t
     opt = make_optimizer(model.parameters(), s.optimizer, s.lr, momentum=s.momentum if sgd else 0.0,
                          nesterov=s.nesterov and sgd, weight_decay=s.weight_decay, fused=device.type == "cuda")
     sched = Schedule(opt, s.schedule, s.epochs, steps_per_epoch(len(train_y), s.batch_size), s.lr, s.step_epochs,
-                     s.lr_factor, s.plateau_patience)
+                     s.lr_factor, s.plateau_patience, s.warmup_epochs)
     history: list[EpochMetrics] = []
     stalled_for = global_step = 0
     first_epoch = 1
@@ -265,9 +267,12 @@ def fit(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: t
                              num_classes)
         if exploded is not None:  # before on_epoch: a pruner must not record a diverged run as pruned
             return FitResult("diverged", f"{exploded} in epoch {epoch}", history)
-        stalled_for = stall_count(stalled_for, val.loss, val.accuracy,
-                                  min((m.val_loss for m in earlier), default=None), num_classes)
-        if stalled_for >= s.stall_epochs:  # before on_epoch too: a dead run is `stalled`, not pruned
+        # Epochs of a warm-up do not count: the rate still rises, and they train slowly by design.
+        stalled_for = 0 if epoch <= s.warmup_epochs else stall_count(
+            stalled_for, val.loss, val.accuracy, min((m.val_loss for m in earlier), default=None), num_classes)
+        # Before on_epoch too: a dead run is `stalled`, not pruned. Never at the last epoch: a run that trained
+        # every epoch has spent its budget, and its result, at chance or not, is a result.
+        if stalled_for >= s.stall_epochs and epoch < s.epochs:
             return FitResult("stalled", f"at chance and not improving for {stalled_for} epochs (val loss "
                                         f"{val.loss:.4f}, ln C = {math.log(num_classes):.4f}, val accuracy "
                                         f"{val.accuracy:.3f})", history)
