@@ -318,7 +318,8 @@ def _format_error(err: dict, raw: dict) -> str:
     if err["type"] == "too_short" and loc[0] == "space":
         return f"{path}: a list of branches needs two or more; write a single distribution as a mapping"
     if "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], dict):
-        msg += f" (got {err['input']!r})"
+        got = repr(err["input"])
+        msg += f" (got {got if len(got) <= 120 else got[:100] + ' ... ' + got[-15:]})"  # one line, even for a list
     return f"{path}: {msg}"
 
 
@@ -563,13 +564,34 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), parse_yaml(value) if value.strip() else None
 
 
+MAX_CONFIG_BYTES = 1_000_000  # the shipped spaces are 2-6 KB: a bigger file is the wrong file, not a config
+
+
+def read_config_text(path: Path) -> str:
+    """The file's text, refused before it is read into memory when it is too big, and with a clear message when
+    it is not text (an image, an archive, another encoding)."""
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(str(path), [f"the file is {size:,} bytes, over the {MAX_CONFIG_BYTES:,}-byte limit for a "
+                                      f"config (the shipped ones are a few KB): is it the right file?"])
+    data = path.read_bytes()
+    if b"\x00" in data:
+        raise ConfigError(str(path), ["a binary file, not YAML text: pass a search space such as "
+                                      "search_spaces/smoke.yaml"])
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), [f"not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}): save "
+                                      f"it as UTF-8"]) from None
+
+
 def load_config(path: Union[str, Path], overrides: Optional[list[str]] = None) -> RunConfig:
     """Read and validate a YAML config; `overrides` are `key=value` strings applied on top."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(str(path), ["no such file; the shipped configs are in search_spaces/"])
     try:
-        raw = parse_yaml(path.read_text())
+        raw = parse_yaml(read_config_text(path))
     except yaml.YAMLError as exc:
         raise ConfigError(str(path), [f"not valid YAML: {exc}"]) from None
     if raw is None:  # an empty file (or only comments) would silently start a default 20-trial sweep

@@ -19,6 +19,7 @@ MLFLOW_RUN_ID = "mlflow_run_id"
 WORKER_PID = "worker_pid"
 WORKER_HOST = "worker_host"
 RESUMED_FROM_EPOCH = "resumed_from_epoch"
+CHECKPOINT_DISCARDED = "checkpoint_discarded"  # a checkpoint that did not load, moved aside: why, and where to
 REPEAT_OF = "repeat_of"  # a repeat (study.repeats): the number of the search trial whose configuration it retrains
 REPORTED = "reported"  # a baseline's figures as its source document reported them (JSON: accuracy, macro_f1, ...)
 EPOCH_BUDGET = "epoch_budget"  # the trial's own train.epochs (pruning ranks trials of one budget together)
@@ -27,7 +28,7 @@ EPOCH_BUDGET = "epoch_budget"  # the trial's own train.epochs (pruning ranks tri
 FIRST_JUDGED_EPOCH = "first_judged_epoch"
 # What a trial's end wrote: a retry (same parameters, new trial) must not inherit it.
 OUTCOME_ATTRS = (FAIL_KIND, FAIL_REASON, PRUNED_AT_EPOCH, EPOCHS_RUN, MLFLOW_RUN_ID, WORKER_PID, WORKER_HOST,
-                 RESUMED_FROM_EPOCH)
+                 RESUMED_FROM_EPOCH, CHECKPOINT_DISCARDED)
 
 # ---- Optuna study user attributes ---------------------------------------------------------------------------
 METRIC = "metric"
@@ -40,6 +41,8 @@ TEST_EVALUATED_TRIAL = "test_evaluated_trial"
 TEST_METRICS = "test_metrics"
 TEST_EVALUATED_TRIALS = "test_evaluated_trials"  # the trials whose models were evaluated (a repeated configuration's)
 REPEATS_PLAN = "repeats_plan"  # JSON {search trial number: [seeds]}: the configurations retrained with more seeds
+# JSON list of {"from_trial", "sampler", "pruner"}: how the study searched, and each change a resume made to it
+SEARCH_HISTORY = "search_history"
 ENVIRONMENT = "environment"  # the latest invocation: command (redacted), versions, device
 
 # ---- why a trial failed (FAIL_KIND) -------------------------------------------------------------------------

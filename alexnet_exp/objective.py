@@ -29,8 +29,9 @@ from .progress import warn as _warn
 from .pruning import record_budget
 from .redaction import redact_text
 from .repeats import best_search_trial, load_plan
-from .retries import retry_transient
+from .retries import retry_transient, storage_problem, transient_storage_errors
 from .space import suggest
+from .study_store import OPERATIONAL_KEYS
 from .tracking import Tracker
 from .trial_state import TrialStateStore
 from .train import EpochMetrics, evaluate
@@ -61,6 +62,13 @@ class TrialContext:
 
 def data_digest(config: RunConfig) -> str:
     return hashlib.sha256(json.dumps(config.data.model_dump(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def training_fingerprint(config: RunConfig) -> str:
+    """What decides a trial's training state: its configuration without the operational keys (the device, the
+    data's folder), so that a retry on another machine resumes the checkpoint and another configuration does not."""
+    trained = {k: v for k, v in config.flat().items() if k not in OPERATIONAL_KEYS}
+    return hashlib.sha256(json.dumps(trained, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def best_value(study: optuna.Study) -> Optional[float]:
@@ -137,6 +145,10 @@ def _record_failure(trial: optuna.Trial, kind: str, reason: str) -> tuple[str, s
         return kind, reason
     except optuna.exceptions.UpdateFinishedTrialError:
         return names.LOST, "failed by another worker for a stale heartbeat while it still ran"
+    except transient_storage_errors() as exc:  # a full disk under the database: MLflow can still say why
+        _warn(f"could not record trial {trial.number}'s end in the study's storage ({storage_problem(exc)}): it "
+              f"stays running there, and is retried once the storage is back")
+        return kind, reason
 
 
 def _fail(trial: optuna.Trial, ctx: TrialContext, run_id: Optional[str], kind: str, reason: str,
@@ -248,7 +260,12 @@ def _run_trial(trial: optuna.Trial, ctx: TrialContext, n_trials: int) -> float:
 def _train_and_record(trial: optuna.Trial, ctx: TrialContext, config: RunConfig, run_id: str,
                       checkpoint: Optional[Path], earlier_runs: Optional[list[str]]) -> float:
     """`earlier_runs`: for a retry, the runs of the trials it retries (None for a fresh trial)."""
-    resume = ctx.state.load_checkpoint(checkpoint, earlier_runs) if earlier_runs is not None else None
+    fingerprint = training_fingerprint(config)
+    resume, moved_aside = (ctx.state.load_checkpoint(checkpoint, earlier_runs, fingerprint)
+                           if earlier_runs is not None else (None, []))
+    if moved_aside:  # recorded where the trial's story is read: its attributes (the report) and its run
+        trial.set_user_attr(names.CHECKPOINT_DISCARDED, "; ".join(moved_aside)[:2000])
+        ctx.tracker.set_tags(run_id, {names.CHECKPOINT_DISCARDED: "; ".join(moved_aside)})
     if resume is not None:
         trial.set_user_attr(names.RESUMED_FROM_EPOCH, resume["epoch"])
         for m in resume["history"]:  # the epochs already trained, so this run's curves are whole
@@ -272,7 +289,7 @@ def _train_and_record(trial: optuna.Trial, ctx: TrialContext, config: RunConfig,
             raise optuna.TrialPruned(f"pruned at epoch {m.epoch}")
 
     def on_checkpoint(state: dict) -> None:
-        ctx.state.save_checkpoint(state, checkpoint, run_id)
+        ctx.state.save_checkpoint(state, checkpoint, run_id, fingerprint)
 
     model = None
     try:

@@ -63,11 +63,12 @@ class SweepProgress:
             self.bar.close()
 
 
-def warn(what: str, exc: BaseException) -> None:
+def warn(what: str, exc: Optional[BaseException] = None) -> None:
     """One line on stderr for a problem that does not stop the work (secrets masked)."""
     from .redaction import redact_text
 
-    print(redact_text(f"{worker_label()}warning: {what}: {type(exc).__name__}: {exc}"), file=sys.stderr, flush=True)
+    cause = f": {type(exc).__name__}: {exc}" if exc is not None else ""
+    print(redact_text(f"{worker_label()}warning: {what}{cause}"), file=sys.stderr, flush=True)
 
 
 def worker_label() -> str:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 import optuna
 
@@ -17,15 +17,49 @@ def transient_storage_errors() -> tuple[type[BaseException], ...]:
     return (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, optuna.exceptions.StorageInternalError)
 
 
+# What a database says when the fault is its disk or its file, not the network: a minute of retries does not
+# fix it, and every retry holds the trial's process (SQLite's and PostgreSQL's wording).
+LASTING = ("database or disk is full", "No space left on device", "attempt to write a readonly database",
+           "could not extend file", "Disk quota exceeded")
+
+
+def is_lasting(exc: BaseException) -> bool:
+    """Does `exc`, or an error behind it (Optuna wraps the database's in StorageInternalError), say so?"""
+    seen: Optional[BaseException] = exc
+    while seen is not None:
+        if any(words in str(seen) for words in LASTING):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def retry_transient(fn: Callable, what: str, attempts: int = 7):
     """Call `fn`, retrying while the storage is unreachable (a restart, a network blip): 1+2+...+32 s."""
     for attempt in range(attempts):
         try:
             return fn()
         except transient_storage_errors() as exc:
-            if attempt == attempts - 1:
+            if attempt == attempts - 1 or is_lasting(exc):
                 raise
             delay = 2 ** attempt
-            print(f"{worker_label()}storage unreachable during {what} ({type(exc).__name__}); retrying in {delay} s",
+            print(f"{worker_label()}storage unreachable during {what} ({storage_problem(exc)}); retrying in {delay} s",
                   file=sys.stderr, flush=True)
             time.sleep(delay)
+
+
+def storage_error_behind(exc: BaseException) -> Optional[BaseException]:
+    """The storage error that caused `exc`, if one did. Optuna's optimize loop, when it cannot record a trial's
+    end (a full disk under the database), raises `AssertionError: Should not reach` over the real error."""
+    seen: Optional[BaseException] = exc
+    while seen is not None:
+        if isinstance(seen, transient_storage_errors()):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def storage_problem(exc: BaseException) -> str:
+    """A storage error in one line: its type and the database's own words (`database or disk is full`)."""
+    original = getattr(exc, "orig", None) or exc.__cause__ or exc
+    text = str(original).splitlines()[0] if str(original) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -27,13 +27,14 @@ from .objective import TrialContext, best_value as _best_value, evaluate_on_test
 from .pipeline import DataCache, input_size, make_augmenter
 from .progress import SweepProgress, warn, worker_label
 from .redaction import redact_url
-from .study_store import MAX_RETRIES, enqueue_baselines, open_study, requeue_interrupted
+from .study_store import (MAX_RETRIES, enqueue_baselines, open_study, record_search_changes, requeue_unfinished,
+                          unfinished)
 from .tracking import Tracker
 from .trial_state import TrialStateStore
 from .seed_stats import seed_stats
 from .repeats import (ConfigGroup, RepeatPlan, best_search_trial, config_groups, ensure_repeats, load_plan,
                       repeats_state, search_settled, sweep_complete)
-from .retries import retry_transient
+from .retries import retry_transient, storage_error_behind, storage_problem
 from .workers import POLL_SECONDS, run_trials
 
 
@@ -57,7 +58,8 @@ class SetupReport:
     finished: int  # trials that count toward the budget, before this run
     closed_runs: int  # MLflow runs left RUNNING by ended processes, closed as failed
     baselines: int  # baselines enqueued now
-    requeued: int  # interrupted trials queued to resume
+    requeued: int  # interrupted trials and baselines that raised an error, queued to run again
+    search_changes: list[str]  # the sampler or pruner changed by this resume, one line each
 
 
 def setup_study(config: RunConfig, storage_url: str, storage, sampler, pruner, tracker: Tracker,
@@ -67,12 +69,16 @@ def setup_study(config: RunConfig, storage_url: str, storage, sampler, pruner, t
         parent_id = _ensure_parent_run(study, tracker, config, storage_url)
         study.set_user_attr(names.ENVIRONMENT, environment)  # the latest invocation; the report shows it
         tracker.set_tags(parent_id, environment)
+        search_changes = record_search_changes(study, config)
+        if search_changes:  # the parent run's tags say how the study searches now
+            tracker.set_tags(parent_id, {"sampler": config.study.sampler, "pruner": config.study.pruner})
         running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
         closed = len(tracker.close_stale(parent_id, running))
         added = enqueue_baselines(study, config)
-        requeued = requeue_interrupted(study)
+        requeued = requeue_unfinished(study)
     finished, _ = budget_state(study)
-    return SweepStudy(config, storage_url, study, tracker, parent_id), SetupReport(finished, closed, added, requeued)
+    return SweepStudy(config, storage_url, study, tracker, parent_id), SetupReport(finished, closed, added, requeued,
+                                                                                search_changes)
 
 
 def _ensure_parent_run(study: optuna.Study, tracker: Tracker, config: RunConfig, storage_url: str) -> str:
@@ -124,7 +130,7 @@ def prepare_to_join(run: SweepStudy) -> int:
     if run.tracker.run_status(run.parent_id) not in (None, "RUNNING"):
         run.tracker.reopen(run.parent_id)
     with study_lock(run.storage_url, run.name):
-        return requeue_interrupted(run.study)
+        return requeue_unfinished(run.study)
 
 
 def run_worker(run: SweepStudy, cache: DataCache, run_tags: dict[str, Any], quiet: bool) -> str:
@@ -153,10 +159,16 @@ def run_worker(run: SweepStudy, cache: DataCache, run_tags: dict[str, Any], quie
             except Exception as exc:  # a chart point is not worth a trial
                 warn("could not log the best value on the parent run", exc)
 
+    def requeue() -> None:
+        """A baseline that raised an error runs again before the next sample (not only at the next set-up)."""
+        if unfinished(study.get_trials(deepcopy=False)):  # the lock only when there is something to queue
+            with study_lock(run.storage_url, run.name):
+                requeue_unfinished(study)
+
     deadline = None if s.timeout is None else time.monotonic() + s.timeout
     try:
         why = run_trials(study, lambda trial: run_trial(trial, ctx, s.n_trials), s.n_trials, s.timeout,
-                         after_trial, max_errors=max(3, s.n_trials))
+                         after_trial, max_errors=max(3, s.n_trials), before_trial=requeue)
         if why == "budget" and s.repeats is not None:
             why = _run_repeats(run, ctx, after_trial, deadline)
         if why == "errors":
@@ -168,6 +180,16 @@ def run_worker(run: SweepStudy, cache: DataCache, run_tags: dict[str, Any], quie
         print(f"\n{worker_label()}interrupted: the running trial is marked failed; run the same command to "
               f"resume it", file=sys.stderr)
         return "interrupted"
+    except Exception as exc:
+        cause = storage_error_behind(exc)
+        if cause is None:
+            raise
+        # still failing after retry_transient's minute of retries: a full disk under the database, a database
+        # gone read-only or away for good. Nothing more can be recorded; what was recorded stays resumable.
+        print(f"{worker_label()}stopping: the study's storage {redact_url(run.storage_url)} cannot be used "
+              f"({storage_problem(cause)}); fix it (free space, bring the database back) and run the same command "
+              f"again: the trial in flight is retried", file=sys.stderr, flush=True)
+        return "storage"
     finally:
         progress.close()
 
@@ -185,7 +207,7 @@ def _run_repeats(run: SweepStudy, ctx: TrialContext, after_trial, deadline: Opti
 
     def top_up() -> RepeatPlan:
         with study_lock(run.storage_url, run.name):
-            requeue_interrupted(study)  # a repeat stopped by a signal resumes, as at any set-up
+            requeue_unfinished(study)  # a repeat stopped by a signal resumes, as at any set-up
             return ensure_repeats(study, s.n_trials, s.repeats.top_k, s.repeats.seeds, run.config.train.seed,
                                   MAX_RETRIES)
 

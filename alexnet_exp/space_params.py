@@ -6,6 +6,8 @@ from typing import Annotated, Any, Callable, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+MAX_CHOICES = 1000  # choices of one categorical parameter
+
 
 class _Entry(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -45,7 +47,8 @@ class IntParam(_RangeParam):
 
 class CategoricalParam(_Entry):
     type: Literal["categorical"]
-    choices: list[Union[bool, int, float, str, None]] = Field(min_length=1)
+    # A list longer than MAX_CHOICES is a generated range, better written as `int` or `float` with low/high.
+    choices: list[Union[bool, int, float, str, None]] = Field(min_length=1, max_length=MAX_CHOICES)
     when: dict[str, Any] = {}
 
 

@@ -1,6 +1,6 @@
 """The study's state in its Optuna storage: opening it, refusing a mismatched resume, baselines, retries.
 
-`open_study`, `enqueue_baselines` and `requeue_interrupted` read and then write: call them under the study's
+`open_study`, `enqueue_baselines` and `requeue_unfinished` read and then write: call them under the study's
 lock (`locks.study_lock`), as `roles.setup_study` does, so that launchers started together do each once.
 """
 from __future__ import annotations
@@ -18,7 +18,8 @@ import optuna
 from optuna.trial import TrialState
 
 from . import names
-from .config import ConfigError, ReportedFigures, RunConfig, dump_config
+from .budget import is_verdict
+from .config import ConfigError, ReportedFigures, RunConfig, config_from_dict, dump_config, parse_yaml
 from .redaction import redact_url
 from .retries import transient_storage_errors
 from .space import baseline_name, baseline_trial, space_signature
@@ -198,12 +199,42 @@ def open_study(config: RunConfig, storage, sampler, pruner) -> optuna.Study:
     return study
 
 
+def record_search_changes(study: optuna.Study, config: RunConfig) -> list[str]:
+    """The sampler and pruner may change when a study resumes (random search first, then TPE; another pruner):
+    trials of both are still trials of one objective and space. Each change is recorded on the study
+    (names.SEARCH_HISTORY, from which trial on) and returned as lines to print; the first run records the
+    initial setup. Call under the study lock."""
+    s = config.study
+    history = json.loads(study.user_attrs.get(names.SEARCH_HISTORY, "[]"))
+    if not history:  # a new study, or one made before the history was kept: its stored config says how
+        try:
+            first = config_from_dict(parse_yaml(study.user_attrs[names.CONFIG])).study
+        except (KeyError, ConfigError):
+            first = s
+        history = [{"from_trial": 0, "sampler": first.sampler, "pruner": first.pruner}]
+    last = history[-1]
+    changed = [f"{what} changed from {last[what]} to {now}" for what, now in (("sampler", s.sampler),
+                                                                               ("pruner", s.pruner))
+               if last[what] != now]
+    if changed:
+        history.append({"from_trial": len(study.get_trials(deepcopy=False)), "sampler": s.sampler,
+                        "pruner": s.pruner})
+    if changed or names.SEARCH_HISTORY not in study.user_attrs:
+        study.set_user_attr(names.SEARCH_HISTORY, json.dumps(history))
+    return [f"study {s.name}: {c}, from trial {history[-1]['from_trial']} on (the earlier trials keep theirs)"
+            for c in changed]
+
+
 def enqueue_baselines(study: optuna.Study, config: RunConfig) -> int:
+    """Queue each baseline once, and again (with MAX_RETRIES more tries) one whose every try failed without a
+    verdict in an earlier run of the sweep: a fault that has passed since must not leave it without a result."""
     done = set(json.loads(study.user_attrs.get(names.BASELINES_ENQUEUED, "[]")))
+    trials = study.get_trials(deepcopy=False)
+    exhausted = _baselines_out_of_tries(trials)
     added = 0
     for i, baseline in enumerate(config.baselines):
         name = baseline_name(baseline, i)
-        if name in done:
+        if name in done and name not in exhausted:
             continue
         params, fixed = baseline_trial(baseline, config)
         attrs = {names.BASELINE: name, names.FIXED: json.dumps(fixed)}
@@ -216,15 +247,41 @@ def enqueue_baselines(study: optuna.Study, config: RunConfig) -> int:
     return added
 
 
-def requeue_interrupted(study: optuna.Study) -> int:
-    """Trials failed by Ctrl-C/SIGTERM run again with the same parameters (resuming from their checkpoint)."""
+def requeue_unfinished(study: optuna.Study) -> int:
+    """Trials failed by Ctrl-C/SIGTERM run again with the same parameters (resuming from their checkpoint), and
+    so do baselines (configurations someone asked for by name) that raised an error: up to MAX_RETRIES more
+    tries each, before any new configuration is sampled (Optuna runs queued trials first). A sampled trial's
+    error is not retried: later samples make it up. Returns how many trials it queued."""
     trials = study.get_trials(deepcopy=False)
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-    # No cap: each interruption is someone's decision (Ctrl-C, scancel, a preemption), not a trial that kills
-    # its worker, which MAX_RETRIES is for.
-    callback = retry_callback(max_retry=None)
-    interrupted = [t for t in trials if t.state == TrialState.FAIL and
-                   t.user_attrs.get(names.FAIL_KIND) == names.INTERRUPTED and t.number not in retried]
-    for t in interrupted:
-        callback(study, t)
+    for t in unfinished(trials):
+        # No cap for an interruption: each is someone's decision (Ctrl-C, scancel, a preemption), not a trial
+        # that kills its worker, which MAX_RETRIES is for.
+        retry_callback(max_retry=None if t.user_attrs.get(names.FAIL_KIND) == names.INTERRUPTED else MAX_RETRIES)(
+            study, t)
     return len(study.get_trials(deepcopy=False)) - len(trials)
+
+
+def unfinished(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """The failed trials `requeue_unfinished` runs again: interrupted ones, and baselines that raised an error
+    with tries left; none already retried."""
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    return [t for t in trials if t.state == TrialState.FAIL and t.number not in retried and (
+        t.user_attrs.get(names.FAIL_KIND) == names.INTERRUPTED or (
+            t.user_attrs.get(names.FAIL_KIND) == names.ERROR and is_asked_for(t)
+            and len(t.system_attrs.get("retry_history", [])) < MAX_RETRIES))]
+
+
+def _baselines_out_of_tries(trials: list[optuna.trial.FrozenTrial]) -> set[str]:
+    """Baselines with trials, none of them a verdict, none queued or running, none left to retry."""
+    retrying = {t.user_attrs.get(names.BASELINE) for t in unfinished(trials)}
+    by_name: dict[str, list] = {}
+    for t in trials:
+        if is_asked_for(t):
+            by_name.setdefault(t.user_attrs[names.BASELINE], []).append(t)
+    return {name for name, tries in by_name.items() if name not in retrying and not any(
+        is_verdict(t) or t.state in (TrialState.RUNNING, TrialState.WAITING) for t in tries)}
+
+
+def is_asked_for(trial: optuna.trial.FrozenTrial) -> bool:
+    """A baseline of the search (repeats are planned and retried by repeats.ensure_repeats)."""
+    return names.BASELINE in trial.user_attrs and names.REPEAT_OF not in trial.user_attrs

@@ -27,6 +27,7 @@ from .config import SCALED, ConfigError, RunConfig, load_config, ordered_params,
 from .data import DataError
 from .pipeline import DataCache
 from .processes import gpu_list, python_command, supervise, watch_launcher
+from .progress import warn
 from .redaction import redact_text, redact_url
 from .retries import retry_transient
 from .roles import (SweepStudy, budget_left, close_parent, finish_study, join_study, prepare_to_join, run_worker,
@@ -129,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+REQUEUED = "trial(s) queued to run again (interrupted ones resume, baselines that raised an error retry)"
 FLAG_KEYS = {"trials": "study.n_trials", "timeout": "study.timeout", "storage": "study.storage",
              "study_name": "study.name", "device": "train.device", "epochs": "train.epochs",  # + with_epochs_everywhere
              "data_root": "data.root", "tracking_uri": "study.tracking_uri"}
@@ -157,7 +159,7 @@ def _raise_interrupt(signum, frame):
 
 
 def _exit_code(why: str) -> int:
-    return {"interrupted": names.EXIT_INTERRUPTED, "errors": names.EXIT_ERRORS,
+    return {"interrupted": names.EXIT_INTERRUPTED, "errors": names.EXIT_ERRORS, "storage": names.EXIT_ERRORS,
             "workers failed": names.EXIT_WORKERS_FAILED}.get(why, names.EXIT_OK)
 
 
@@ -244,8 +246,9 @@ def _join(run: SweepStudy, cache: DataCache, run_tags: dict, quiet: bool) -> int
     """A worker started by a scheduler (`--join`). The parent run is open while trials may run: reopened when a
     worker joins a study with budget left, closed as KILLED when the last worker is stopped (scancel,
     preemption) with budget left; the finish step closes it for good."""
-    if prepare_to_join(run):
-        print("interrupted trial(s) queued to resume", flush=True)
+    count = prepare_to_join(run)
+    if count:
+        print(f"{count} {REQUEUED}", flush=True)
     why = run_worker(run, cache, run_tags, quiet)
     if why == "interrupted" and close_parent(run, "KILLED"):
         print("stopped with budget left: parent run closed as KILLED until workers join again", file=sys.stderr)
@@ -278,16 +281,22 @@ def _launch(run: SweepStudy, report, cache: DataCache, run_tags: dict, argv: lis
                       f"{'not met' if budget_left(run) else 'met'}: run the same command "
                       f"to go on", file=sys.stderr)
     summary = None
-    repeats_pending = why != "interrupted" and s.repeats is not None and budget_left(run)
+    repeats_pending = why not in ("interrupted", "storage") and s.repeats is not None and budget_left(run)
     if why == "interrupted":
         close_parent(run, "KILLED")
+    elif why == "storage":  # stopped with budget left, resumable, no test evaluation. The trial in flight could
+        try:                # not be recorded as ended, so it looks RUNNING: close the parent all the same
+            tracker.finish(run.parent_id, "KILLED")
+        except Exception as exc:
+            warn("could not close the parent run", exc)
     elif repeats_pending:  # the winner is chosen by the mean of its seeds: no test evaluation before they are in
         close_parent(run, "KILLED")
         print("the repeats are not finished: the test split stays untouched until they are; run the same command "
               "to go on", file=sys.stderr)
     else:
         summary = finish_study(run, cache, "FINISHED" if why in ("budget", "timeout") else "FAILED")
-    _print_end(run, summary, f" in {time.monotonic() - started:.0f} s", why != "interrupted" and not repeats_pending)
+    _print_end(run, summary, f" in {time.monotonic() - started:.0f} s",
+               why not in ("interrupted", "storage") and not repeats_pending)
     if why == "errors":
         print(f"stopped because trials kept raising errors (exit code {names.EXIT_ERRORS}): see their MLflow "
               f"runs' {names.ERROR_ARTIFACT}, fix the cause, and run the same command to go on", file=sys.stderr)
@@ -302,9 +311,11 @@ def _print_setup(run: SweepStudy, report, device, n_workers: int) -> None:
           f"{f'; {n_workers} worker(s)' if n_workers else '; set up, no trial started (--init-only)'}")
     for count, what in ((report.closed_runs, "stale MLflow run(s) left RUNNING by an ended process closed as failed"),
                         (report.baselines, "baseline(s) enqueued"),
-                        (report.requeued, "interrupted trial(s) queued to resume")):
+                        (report.requeued, REQUEUED)):
         if count:
             print(f"{count} {what}")
+    for line in report.search_changes:
+        print(line)
     print(f"MLflow: {tracker.shown_uri} -> {tracker.ui_link()} (run `mlflow ui` in this folder)")
 
 

@@ -74,6 +74,13 @@ def _text(value: Any) -> str:
     return str(value)[:6000]  # MLflow's limit on a param/tag value
 
 
+def _is_duplicate_key(exc: Exception) -> bool:
+    """A database's unique-key violation, as MLflow passes it on (SQLite's or PostgreSQL's wording, or a server's
+    INTERNAL_ERROR carrying either)."""
+    text = str(exc)
+    return "UNIQUE constraint failed" in text or "duplicate key value" in text or "IntegrityError" in text
+
+
 def check_model_name(name: str) -> None:
     """MLflow's own rule for registered model names (mlflow.utils.validation._validate_model_name), checked
     before a sweep trains rather than when it registers."""
@@ -247,7 +254,16 @@ class Tracker:
                                        source=source, profile=profile),
                                [InputTag("mlflow.data.context", context)])
                   for context, profile in profiles.items()]
-        self.client.log_inputs(run_id, inputs)
+        for attempt in range(3):
+            try:
+                self.client.log_inputs(run_id, inputs)
+                return
+            except mlflow.exceptions.MlflowException as exc:
+                # Runs that log the same new dataset at once (parallel first trials) race to insert it: MLflow
+                # looks for the dataset, then inserts it, and the loser's insert breaks the unique key. The
+                # dataset exists now, so the next call finds it and only links it to this run.
+                if attempt == 2 or not _is_duplicate_key(exc):
+                    raise
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         self.client.log_text(run_id, text, artifact_file)

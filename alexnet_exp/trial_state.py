@@ -22,17 +22,73 @@ CHECKPOINT_ARTIFACTS = "checkpoint"  # artifact folder of a trial's run: its lat
 WEIGHTS_ARTIFACTS = "weights"  # artifact folder of a trial's run: its final weights, when it was the best
 
 
+class _WholeWrites:
+    """The file torch.save writes into: each write whole or an OSError, which it keeps. On a full disk torch's
+    zip writer swallows the OSError of a write and raises "unexpected pos 704 vs 598" (no errno, no path);
+    save_atomically raises the kept OSError instead."""
+
+    def __init__(self, raw):
+        self.raw = raw
+        self.error: Optional[OSError] = None
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
+        try:
+            while done < len(view):
+                done += self.raw.write(view[done:])  # unbuffered: a short write, then ENOSPC asked for the rest
+        except OSError as exc:
+            self.error = exc
+            raise
+        return len(view)
+
+    def flush(self) -> None:
+        pass  # unbuffered: every write is with the OS already
+
+
 def save_atomically(obj: Any, path: Path) -> None:
-    """torch.save to a temp file beside `path`, then rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
+    """torch.save to a temp file beside `path`, then rename: a reader never sees half a file. A failed write
+    (a full disk, a read-only or vanished folder) raises OSError naming `path` (torch.save given a file name
+    raises "unexpected pos 704 vs 598" instead, see _WholeWrites)."""
     try:
-        torch.save(obj, tmp)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path.parent)) from None
+    writer = None
+    try:
+        with os.fdopen(fd, "wb", buffering=0) as f:
+            writer = _WholeWrites(f)
+            torch.save(obj, writer)
         os.replace(tmp, path)
+    except Exception as exc:
+        failed = writer.error if writer is not None and writer.error is not None else exc
+        if isinstance(failed, OSError):
+            raise OSError(failed.errno, failed.strerror, str(path)) from None
+        raise
     finally:
-        if os.path.exists(tmp):
+        try:
             os.unlink(tmp)
+        except OSError:  # renamed into place, or its folder is gone: nothing to clean
+            pass
+
+
+FINGERPRINT_KEY = "config_fingerprint"
+CHECKPOINT_KEYS = ("epoch", "model", "optimizer", "schedule", "rng_cpu", "rng_generator", "history", "stalled_for",
+                   "global_step")  # what train.fit writes and reads back
+
+
+def _checkpoint_problem(state: Any, fingerprint: str) -> Optional[str]:
+    """Why a loaded object is not a checkpoint this trial may resume, or None."""
+    if not isinstance(state, dict):
+        return f"holds a {type(state).__name__}, not a training state"
+    missing = [k for k in CHECKPOINT_KEYS if k not in state]
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    # Checkpoints written before fingerprints were recorded carry none: they are tried as they are.
+    if state.get(FINGERPRINT_KEY, fingerprint) != fingerprint:
+        return "was trained with another configuration"
+    return None
 
 
 class TrialStateStore:
@@ -46,16 +102,24 @@ class TrialStateStore:
     def checkpoint_path(self, chain_root: int) -> Optional[Path]:
         return None if self.checkpoints_dir is None else self.checkpoints_dir / f"trial_{chain_root:05d}.pt"
 
-    def save_checkpoint(self, state: dict, path: Path, run_id: str) -> None:
-        save_atomically(state, path)
+    def save_checkpoint(self, state: dict, path: Path, run_id: str, fingerprint: str) -> None:
+        """`fingerprint`: what the state was trained with (objective.training_fingerprint); a checkpoint is only
+        resumed by a trial with the same."""
+        save_atomically({**state, FINGERPRINT_KEY: fingerprint}, path)
         if self.shared is not None:
             self.shared.log_file(run_id, path, CHECKPOINT_ARTIFACTS)
 
-    def load_checkpoint(self, path: Optional[Path], earlier_runs: Iterable[str]) -> Optional[dict]:
-        """The local checkpoint, else (shared store) the newest one an earlier run of the chain uploaded."""
+    def load_checkpoint(self, path: Optional[Path], earlier_runs: Iterable[str],
+                        fingerprint: str) -> tuple[Optional[dict], list[str]]:
+        """The local checkpoint, else (shared store) the newest one an earlier run of the chain uploaded; None
+        when there is none that loads. A file that does not load (truncated, not a checkpoint, trained with
+        another configuration) is not trusted: it is renamed `*.corrupt` (kept to look at), named in a warning,
+        and the next candidate is tried. Returns the state and what was moved aside (one line each)."""
         if path is None:
-            return None
-        if not path.is_file() and self.shared is not None:
+            return None, []
+        moved_aside: list[str] = []
+        state = self._load_valid(path, fingerprint, moved_aside)
+        if state is None and self.shared is not None:
             for run_id in earlier_runs:
                 try:
                     path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,10 +127,34 @@ class TrialStateStore:
                     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
                         got = self.shared.download(run_id, f"{CHECKPOINT_ARTIFACTS}/{path.name}", Path(tmp))
                         os.replace(got, path)
-                    break
                 except Exception:  # that run died before its first checkpoint: try the one before it
                     continue
-        return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+                state = self._load_valid(path, fingerprint, moved_aside, f" (from MLflow run {run_id})")
+                if state is not None:
+                    break
+        return state, moved_aside
+
+    @staticmethod
+    def _load_valid(path: Path, fingerprint: str, moved_aside: list[str], origin: str = "") -> Optional[dict]:
+        if not path.is_file():
+            return None
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            problem = _checkpoint_problem(state, fingerprint)
+        except Exception as exc:  # truncated, not a zip archive, unpickling refused: all say "do not trust it"
+            state, problem = None, f"does not load ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+        if problem is None:
+            return state
+        corrupt = path.with_name(path.name + ".corrupt")
+        try:
+            os.replace(path, corrupt)
+            where = f"moved aside to {corrupt.name}"
+        except OSError as exc:
+            where = f"could not be moved aside ({exc}); it is ignored"
+        line = f"checkpoint {path.resolve()}{origin} {problem}: {where}; the trial restarts from epoch 1"
+        _warn(line)
+        moved_aside.append(line)
+        return None
 
     def discard_checkpoint(self, path: Optional[Path], run_ids: Iterable[Optional[str]]) -> None:
         """Remove the chain's checkpoint, here and from its runs (`run_ids`: this one and those it retried).

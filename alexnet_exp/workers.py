@@ -15,7 +15,7 @@ import optuna
 
 from .budget import budget_state, is_error
 from .progress import worker_label
-from .retries import retry_transient, transient_storage_errors
+from .retries import is_lasting, retry_transient, storage_error_behind, storage_problem
 
 POLL_SECONDS = 1.0
 MAX_ERROR_PAUSE_SECONDS = 30.0
@@ -82,9 +82,15 @@ def run_trials(study: optuna.Study, objective: Callable, n_trials: int, timeout:
             # (and retries it): Optuna cannot record this end any more. The trial's run is closed; carry on.
             print(f"{worker_label()}a trial of this worker was failed by another for a stale heartbeat ({exc}); "
                   f"it is retried there", file=sys.stderr, flush=True)
-        except transient_storage_errors() as exc:
+        except Exception as exc:
+            cause = storage_error_behind(exc)
+            if cause is None:
+                raise
+            if is_lasting(cause):  # a full disk under the database: stop here (roles.run_worker says why)
+                raise cause from None
             # Optuna could not record the end of a trial: it stays RUNNING without a heartbeat, so it is failed
-            # and retried from its checkpoint once the storage is back. Nothing else is lost; carry on.
-            print(f"{worker_label()}storage unreachable while recording a trial ({type(exc).__name__}); it will "
-                  f"be retried", file=sys.stderr, flush=True)
+            # and retried from its checkpoint once the storage is back. Nothing else is lost; carry on (a storage
+            # that stays away stops this worker at the next budget check, see roles.run_worker).
+            print(f"{worker_label()}storage error while recording a trial ({storage_problem(cause)}); it will be "
+                  f"retried", file=sys.stderr, flush=True)
             time.sleep(POLL_SECONDS)

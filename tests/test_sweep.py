@@ -93,8 +93,16 @@ def test_states_map_to_mlflow_status_with_reasons(in_tmp):
                               "pruner_options": {"n_startup_trials": 1, "min_warmup_epochs": 1,
                                                  "warmup_fraction": 0.0}})
     assert run_sweep(in_tmp, cfg) == 0
-    trials = {t.user_attrs["baseline"]: t for t in load_study(in_tmp).get_trials()}
+    all_trials = load_study(in_tmp).get_trials()
+    trials = {}
+    for t in all_trials:  # each baseline's first try
+        trials.setdefault(t.user_attrs["baseline"], t)
     assert set(trials) == {"good", "crash", "slow", "boom", "nesterov"}  # the crash did not count, so 5 ran
+    # the crash is queued to run again (a baseline is not replaced by a sample), behind the baselines queued
+    # before it; the budget of 4 verdicts is met first, so its retry waits for a larger --trials
+    retry = all_trials[5]
+    assert (retry.user_attrs["baseline"], retry.state, retry.system_attrs["failed_trial"]) == (
+        "crash", TrialState.WAITING, trials["crash"].number)
     assert trials["good"].state == TrialState.COMPLETE
     # what the pruner judged it by, recorded before it trained: its own epochs, and a warm-up of 1 (options)
     assert (trials["good"].user_attrs["epoch_budget"], trials["good"].user_attrs["first_judged_epoch"]) == (3, 1)

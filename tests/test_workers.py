@@ -164,7 +164,7 @@ def test_sigterm_on_the_launcher_fails_running_trials_and_a_rerun_resumes(tmp_pa
     rerun = launch(tmp_path, cfg)
     out, _ = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, out
-    assert "interrupted trial(s) queued to resume" in out
+    assert "trial(s) queued to run again" in out
     trials, _ = assert_consistent(tmp_path, 3)
     resumed = [t for t in trials if t.system_attrs.get("failed_trial") in {i.number for i in interrupted}]
     assert resumed and all(t.params == next(i for i in interrupted if i.number == t.system_attrs["failed_trial"])

@@ -48,6 +48,11 @@ def _header(data: StudyData) -> list[Block]:
              f"Trials: {state_text}; {total / 60:.1f} minutes of trial time in all."]
     if any(t.state == "RUNNING" for t in data.trials):
         lines.append("The study is still running: this report is a snapshot.")
+    for name, tries in data.baselines_without_verdict().items():
+        lines.append(f"**Baseline `{name}` has no result**: every try failed without judging its values "
+                     f"({'; '.join(tries)}). Fix the cause and run the sweep again (with a larger `--trials` "
+                     f"once the budget is met): it tries such a baseline again, it does not replace it by a "
+                     f"sample.")
     best = data.best()
     if best is None:
         lines.append("No trial has completed yet: there is no best trial, and the tables and figures below "

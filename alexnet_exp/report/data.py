@@ -16,6 +16,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from .. import names
+from ..budget import is_verdict
 from ..config import ConfigError, RunConfig, config_from_dict, parse_yaml
 from ..repeats import config_groups, load_plan
 from ..tracking import resolve_tracking_uri
@@ -39,6 +40,7 @@ class TrialRow:
     worker: str = ""  # host:pid of the process that ran it
     started: Optional[dt.datetime] = None
     completed: Optional[dt.datetime] = None
+    verdict: bool = False  # finished with a result that judges its values (budget.is_verdict)
 
     def last(self, metric: str) -> Optional[float]:
         points = self.curves.get(metric)
@@ -75,6 +77,16 @@ class StudyData:
         for t in self.trials:
             out[t.state] = out.get(t.state, 0) + 1
         return out
+
+    def baselines_without_verdict(self) -> dict[str, list[str]]:
+        """Baselines none of whose tries ended with a result, none running: name -> each try's note (a try
+        still queued when the budget was met is listed as waiting: a larger `--trials` runs it)."""
+        tries: dict[str, list[TrialRow]] = {}
+        for t in self.trials:
+            if t.baseline and t.repeat_of is None:
+                tries.setdefault(t.baseline, []).append(t)
+        return {name: [f"trial {t.number}: {t.note or t.state.lower()}" for t in rows] for name, rows in tries.items()
+                if not any(t.verdict or t.state == "RUNNING" for t in rows)}
 
     def best(self) -> Optional[TrialRow]:
         return next((t for t in self.trials if t.number == self.best_number), None)
@@ -163,14 +175,26 @@ def load_study_data(name: str, storage: str, tracking_uri: Optional[str] = None)
         if names.WORKER_PID in t.user_attrs:
             row.worker = f"{t.user_attrs.get(names.WORKER_HOST, '?')}:{t.user_attrs[names.WORKER_PID]}"
         row.started, row.completed = t.datetime_start, t.datetime_complete
+        row.verdict = is_verdict(t)
         rows.append(row)
     complete = [r for r in rows if r.state == "COMPLETE" and r.value is not None and math.isfinite(r.value)]
     best_number = _chosen_number(study) if complete else None
     test = attrs.get(names.TEST_METRICS, {}) if attrs.get(names.TEST_EVALUATED_TRIAL) == best_number else {}
     return StudyData(name, attrs.get(names.METRIC, "value"), study.direction.name.lower(),
-                     base.study.sampler if base else "?", base.study.pruner if base else "?", base,
+                     _searched_with(attrs, "sampler", base.study.sampler if base else "?"),
+                     _searched_with(attrs, "pruner", base.study.pruner if base else "?"), base,
                      attrs.get(names.ENVIRONMENT, {}), rows, study, tracking_uri, attrs.get(names.PARENT_RUN_ID),
                      test, best_number, _validation_images(client, rows))
+
+
+def _searched_with(attrs: dict, what: str, stored: str) -> str:
+    """The study's sampler or pruner, with each change a resume made (names.SEARCH_HISTORY): `random, then
+    tpe from trial 12`."""
+    history = json.loads(attrs.get(names.SEARCH_HISTORY, "[]"))
+    steps = [h for i, h in enumerate(history) if i == 0 or h[what] != history[i - 1][what]]
+    if len(steps) < 2:
+        return steps[0][what] if steps else stored
+    return ", then ".join([steps[0][what]] + [f"{h[what]} from trial {h['from_trial']}" for h in steps[1:]])
 
 
 def _chosen_number(study: optuna.Study) -> Optional[int]:

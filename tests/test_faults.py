@@ -1,0 +1,303 @@
+"""Faults that used to lose work (issue 19), each injected by the test with real processes and stores."""
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from alexnet_exp.tracking import Tracker
+from sweep_helpers import mlflow_runs, run_sweep, write_config
+from test_workers import study_of
+
+# One process of the dataset race: open the store, make a run, then at each of ROUNDS barriers log a dataset
+# input that no run has logged yet (a new digest per round), as parallel first trials do.
+RACER = """
+import sys, time
+from pathlib import Path
+from alexnet_exp.tracking import Tracker
+uri, folder, rounds = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+tracker = Tracker(uri, "race", system_metrics=False)
+run = tracker.client.create_run(tracker.experiment_id).info.run_id
+for r in range(rounds):
+    (folder / f"ready-{r}-{run}").touch()
+    while not (folder / f"go-{r}").exists():
+        time.sleep(0.001)
+    tracker.log_dataset(run, "synthetic", f"digest{r}", "synthetic", {"training": "{}", "validation": "{}"})
+print("logged", run)
+"""
+
+
+def test_runs_logging_the_same_new_dataset_at_once_all_succeed(tmp_path):
+    """--workers 3 on a fresh store failed a first trial with `UNIQUE constraint failed: datasets...`: eight
+    processes released together log the same new dataset, three times; without the fix most of them fail."""
+    processes, rounds = 8, 3
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    Tracker(uri, "race", system_metrics=False)  # the launcher's set-up: the store and the experiment exist
+    script = tmp_path / "racer.py"
+    script.write_text(RACER)
+    procs = [subprocess.Popen([sys.executable, str(script), uri, str(tmp_path), str(rounds)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(processes)]
+    for r in range(rounds):
+        while len(list(tmp_path.glob(f"ready-{r}-*"))) < processes:
+            assert all(p.poll() is None for p in procs), [p.communicate()[0] for p in procs if p.poll() is not None]
+            time.sleep(0.01)
+        (tmp_path / f"go-{r}").touch()
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    failed = [out for p, out in zip(procs, outs) if p.returncode != 0]
+    assert not failed, failed[0]
+    tracker = Tracker(uri, "race", system_metrics=False)
+    runs = tracker.client.search_runs([tracker.experiment_id])
+    assert len(runs) == processes
+    for run in runs:  # every run holds every round's dataset, each once
+        digests = sorted(i.dataset.digest for i in run.inputs.dataset_inputs)
+        assert digests == sorted(f"digest{r}-{c}" for r in range(rounds) for c in ("training", "validation"))
+
+
+def _interrupt_first_trial_at_epoch(monkeypatch, epoch):
+    """Ctrl-C in the first trial's `epoch`, after the checkpoints of the epochs before it were written."""
+    from alexnet_exp import objective
+
+    real_train_run = objective.train_run
+    calls = []
+
+    def interrupted_once(config, cache, on_epoch=None, **kwargs):
+        calls.append(config)
+
+        def stop(metrics):
+            if len(calls) == 1 and metrics.epoch == epoch:
+                raise KeyboardInterrupt
+            on_epoch(metrics)
+        return real_train_run(config, cache, on_epoch=stop, **kwargs)
+
+    monkeypatch.setattr(objective, "train_run", interrupted_once)
+    return real_train_run
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not a checkpoint", "another configuration"])
+def test_a_checkpoint_that_does_not_load_is_moved_aside_and_the_trial_restarts(tmp_path, monkeypatch, capsys, damage):
+    """A truncated checkpoint failed the retry in 1 s with PyTorch's "failed reading zip archive" (no file
+    named), and the trial was lost for good."""
+    from alexnet_exp import objective
+
+    monkeypatch.chdir(tmp_path)
+    cfg = write_config(tmp_path / "s.yaml", train={"epochs": 3},
+                       study={"name": "tiny", "n_trials": 2, "sampler": "random", "pruner": "none"})
+    real_train_run = _interrupt_first_trial_at_epoch(monkeypatch, 3)
+    assert run_sweep(tmp_path, cfg) == 130
+    checkpoint = tmp_path / "sweeps" / "tiny" / "checkpoints" / "trial_00000.pt"
+    good = torch.load(checkpoint, weights_only=True)
+    assert good["epoch"] == 2
+    if damage == "truncated":
+        checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    elif damage == "not a checkpoint":
+        torch.save({"weights": torch.zeros(3)}, checkpoint)
+    else:
+        torch.save({**good, "config_fingerprint": "0123456789abcdef"}, checkpoint)
+    monkeypatch.setattr(objective, "train_run", real_train_run)
+    capsys.readouterr()
+    assert run_sweep(tmp_path, cfg) == 0
+    err = capsys.readouterr().err
+    assert f"checkpoint {checkpoint}" in err and "the trial restarts from epoch 1" in err
+    assert (tmp_path / "sweeps" / "tiny" / "checkpoints" / "trial_00000.pt.corrupt").is_file()
+    trials = study_of(tmp_path).get_trials()
+    retry = next(t for t in trials if t.system_attrs.get("failed_trial") == 0)
+    assert retry.state == TrialState.COMPLETE and "resumed_from_epoch" not in retry.user_attrs
+    assert str(checkpoint) in retry.user_attrs["checkpoint_discarded"]
+    assert sorted(retry.intermediate_values) == [1, 2, 3]  # every epoch trained again, none taken on trust
+    _, _, children = mlflow_runs(tmp_path)
+    run = next(c for c in children if c.data.tags["trial"] == str(retry.number))
+    assert "restarts from epoch 1" in run.data.tags["checkpoint_discarded"]
+    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 2
+
+
+def test_a_sound_checkpoint_is_resumed(tmp_path, monkeypatch):
+    """The other side of the check above: an interrupted trial's own checkpoint is trusted and resumed."""
+    from alexnet_exp import objective
+
+    monkeypatch.chdir(tmp_path)
+    cfg = write_config(tmp_path / "s.yaml", train={"epochs": 3},
+                       study={"name": "tiny", "n_trials": 2, "sampler": "random", "pruner": "none"})
+    real_train_run = _interrupt_first_trial_at_epoch(monkeypatch, 3)
+    assert run_sweep(tmp_path, cfg) == 130
+    monkeypatch.setattr(objective, "train_run", real_train_run)
+    assert run_sweep(tmp_path, cfg) == 0
+    retry = next(t for t in study_of(tmp_path).get_trials() if t.system_attrs.get("failed_trial") == 0)
+    assert retry.state == TrialState.COMPLETE and retry.user_attrs["resumed_from_epoch"] == 2
+    assert "checkpoint_discarded" not in retry.user_attrs
+
+
+def _baseline_raises(monkeypatch, tries):
+    """The baseline's training raises PermissionError (an unwritable checkpoint folder) on its first `tries`
+    tries; every other trial trains."""
+    from alexnet_exp import objective
+
+    real_train_run = objective.train_run
+    failed = []
+
+    def flaky(config, cache, **kwargs):
+        if config.train.lr == BASELINE["train.lr"] and len(failed) < tries:
+            failed.append(config)
+            raise PermissionError(13, "Permission denied", "sweeps/tiny/checkpoints/trial_00000.pt")
+        return real_train_run(config, cache, **kwargs)
+
+    monkeypatch.setattr(objective, "train_run", flaky)
+    return failed
+
+
+BASELINE = {"name": "hand-tuned", "train.optimizer": "sgd", "train.lr": 0.03}
+
+
+def test_a_baseline_that_raises_an_error_is_tried_again_before_new_samples(tmp_path, monkeypatch):
+    """An unwritable checkpoint folder failed healthy trials as `error`, and the baseline was never trained
+    again: the study "finished" without it."""
+    monkeypatch.chdir(tmp_path)
+    cfg = write_config(tmp_path / "s.yaml", train={"epochs": 1}, baselines=[BASELINE],
+                       study={"name": "tiny", "n_trials": 3, "sampler": "random", "pruner": "none"})
+    failed = _baseline_raises(monkeypatch, tries=1)
+    assert run_sweep(tmp_path, cfg) == 0
+    assert len(failed) == 1
+    trials = study_of(tmp_path).get_trials()
+    first, retry = trials[0], trials[1]  # the retry runs next, before any sample
+    assert first.user_attrs["baseline"] == "hand-tuned" and first.user_attrs["fail_kind"] == "error"
+    assert "Permission denied" in first.user_attrs["fail_reason"]
+    assert retry.system_attrs["failed_trial"] == 0 and retry.user_attrs["baseline"] == "hand-tuned"
+    assert retry.state == TrialState.COMPLETE and retry.params == first.params
+    assert [t.state for t in trials[2:]] == [TrialState.COMPLETE] * 2  # the budget: 3 verdicts, the baseline's one
+
+
+def test_a_baseline_out_of_tries_is_reported_and_tried_again_by_a_rerun(tmp_path, monkeypatch):
+    from alexnet_exp import objective, report
+
+    real_train_run = objective.train_run
+    monkeypatch.chdir(tmp_path)
+    cfg = write_config(tmp_path / "s.yaml", train={"epochs": 1}, baselines=[BASELINE],
+                       study={"name": "tiny", "n_trials": 2, "sampler": "random", "pruner": "none"})
+    failed = _baseline_raises(monkeypatch, tries=99)
+    assert run_sweep(tmp_path, cfg) == 3  # three tries, three errors: the worker stops for them
+    assert len(failed) == 3
+    trials = study_of(tmp_path).get_trials()
+    assert [t.user_attrs.get("baseline") for t in trials] == ["hand-tuned"] * 3
+    assert all(t.user_attrs["fail_kind"] == "error" for t in trials)
+    assert report.main(["--study", "tiny", "--storage", f"sqlite:///{tmp_path / 'sweeps' / 'tiny' / 'optuna.db'}",
+                        "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--out",
+                        str(tmp_path / "reports")]) == 0
+    text = (tmp_path / "reports" / "tiny" / "report.md").read_text()
+    assert "Baseline `hand-tuned` has no result" in text
+    assert all(f"trial {t.number}: error: PermissionError" in text for t in trials)
+
+    monkeypatch.setattr(objective, "train_run", real_train_run)  # the fault has passed
+    assert run_sweep(tmp_path, cfg) == 0
+    trials = study_of(tmp_path).get_trials()
+    tried = [t for t in trials if t.user_attrs.get("baseline") == "hand-tuned"]
+    assert len(tried) == 4 and tried[-1].state == TrialState.COMPLETE
+    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 2
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "a binary file, not YAML text"),
+    ("study: {name: café}\n".encode("latin-1"), "not UTF-8 text (byte 0xe9 at offset 17)"),
+    (b"#" * 1_000_001, "the file is 1,000,001 bytes, over the 1,000,000-byte limit"),
+    (("space:\n  train.batch_size: {type: categorical, choices: [%s]}\n"
+      % ", ".join(str(i) for i in range(1, 1502))).encode(), "List should have at most 1000 items"),
+])
+def test_a_file_that_is_no_config_is_refused_naming_it(tmp_path, monkeypatch, capsys, content, message):
+    """A binary YAML ended in a UnicodeDecodeError traceback; nothing bounded what was read into memory."""
+    monkeypatch.chdir(tmp_path)
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_bytes(content)
+    assert run_sweep(tmp_path, cfg, "--epochs", "-3") == 2
+    err = capsys.readouterr().err
+    assert f"{cfg}:" in err and message in err and "Traceback" not in err
+    assert len(err) < 2000  # one line per problem, not the file echoed back
+    assert not (tmp_path / "sweeps").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_resume_with_another_sampler_or_pruner_is_recorded(tmp_path, monkeypatch, capsys):
+    from alexnet_exp import report
+
+    monkeypatch.chdir(tmp_path)
+    study = {"name": "tiny", "n_trials": 2, "sampler": "random", "pruner": "none"}
+    cfg = write_config(tmp_path / "s.yaml", train={"epochs": 1}, study=study)
+    assert run_sweep(tmp_path, cfg) == 0
+    cfg = write_config(tmp_path / "s.yaml", train={"epochs": 1}, study={**study, "n_trials": 3, "sampler": "tpe"})
+    capsys.readouterr()
+    assert run_sweep(tmp_path, cfg) == 0
+    assert "study tiny: sampler changed from random to tpe, from trial 2 on" in capsys.readouterr().out
+    attrs = study_of(tmp_path).user_attrs
+    assert json.loads(attrs["search_history"]) == [{"from_trial": 0, "sampler": "random", "pruner": "none"},
+                                                   {"from_trial": 2, "sampler": "tpe", "pruner": "none"}]
+    _, parents, _ = mlflow_runs(tmp_path)
+    assert parents[0].data.tags["sampler"] == "tpe"
+    assert report.main(["--study", "tiny", "--storage", f"sqlite:///{tmp_path / 'sweeps' / 'tiny' / 'optuna.db'}",
+                        "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--out",
+                        str(tmp_path / "reports")]) == 0
+    assert "sampler **random, then tpe from trial 2**" in (tmp_path / "reports" / "tiny" / "report.md").read_text()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """An 8 MB tmpfs for sweeps/ (the issue's own setup). Needs the right to mount (root, CAP_SYS_ADMIN)."""
+    import shutil
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)],
+                                                       capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN)")
+    (tmp_path / "sweeps").symlink_to(disk)
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def _fill(disk):
+    """Take every free byte of `disk`; returns the file to delete to give the space back."""
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * (1 << 16))
+        except OSError:
+            pass
+    return filler
+
+
+def test_a_full_disk_stops_the_sweep_with_one_line_and_a_rerun_resumes(tmp_path, monkeypatch, capsys, small_disk):
+    """sweeps/ on a full 8 MB disk ended in a 100-line traceback (`AssertionError: Should not reach`), exit 1,
+    the trial, its MLflow run and the parent run left RUNNING."""
+    from alexnet_exp import objective
+
+    monkeypatch.chdir(tmp_path)
+    cfg = write_config(tmp_path / "s.yaml", train={"epochs": 2},
+                       study={"name": "tiny", "n_trials": 2, "sampler": "random", "pruner": "none",
+                              "heartbeat_seconds": 1})
+    real_train_run = objective.train_run
+    filled = []
+
+    def disk_fills_in_epoch_1(config, cache, on_epoch=None, **kwargs):
+        def fill_then_report(metrics):
+            if not filled:
+                filled.append(_fill(small_disk))  # the study's database and the checkpoints are on it
+            on_epoch(metrics)
+        return real_train_run(config, cache, on_epoch=fill_then_report, **kwargs)
+
+    monkeypatch.setattr(objective, "train_run", disk_fills_in_epoch_1)
+    assert run_sweep(tmp_path, cfg) == 3
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and "Should not reach" not in captured.err
+    assert "No space left on device" in captured.err or "database or disk is full" in captured.err
+    assert "free space" in captured.err and "retrying in 2 s" not in captured.err, captured.err
+    client, parents, children = mlflow_runs(tmp_path)
+    assert [r.info.status for r in parents + children if r.info.status == "RUNNING"] == [], captured.err
+
+    filled[0].unlink()  # space is back: the same command goes on where it stopped
+    monkeypatch.setattr(objective, "train_run", real_train_run)
+    assert run_sweep(tmp_path, cfg) == 0
+    trials = study_of(tmp_path).get_trials()
+    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 2
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    _, parents, children = mlflow_runs(tmp_path)
+    assert parents[0].info.status == "FINISHED"
+    assert not [c for c in children if c.info.status == "RUNNING"]
