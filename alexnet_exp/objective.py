@@ -43,6 +43,14 @@ class TrialFailed(Exception):
         super().__init__(f"{kind}: {reason}")
 
 
+class TrialTakenOver(Exception):
+    """This worker was paused (a frozen VM, a swap storm, an NFS stall) past its heartbeats: another worker failed
+    its trial as `lost` and retries it. Its result is dropped; workers.run_trials carries on."""
+
+    TAKEN_OVER = ("its worker was paused past its heartbeats; another worker failed the trial as lost and retries "
+                  "it: this run's later epochs are not the trial's")
+
+
 
 
 @dataclass
@@ -251,7 +259,7 @@ def _run_trial(trial: optuna.Trial, ctx: TrialContext, n_trials: int) -> float:
         checkpoint = ctx.state.checkpoint_path(chain.root)
         earlier_runs = chain.earlier_runs if previous is not None else None
         return _train_and_record(trial, ctx, config, run_id, checkpoint, earlier_runs)
-    except (KeyboardInterrupt, optuna.TrialPruned, TrialFailed):
+    except (KeyboardInterrupt, optuna.TrialPruned, TrialFailed, TrialTakenOver):
         raise  # recorded already, or by run_trial
     except Exception as exc:  # anything else, the trial's own clean-up included: an error of this trial only
         return _fail(trial, ctx, run_id, names.ERROR, f"{type(exc).__name__}: {exc}", traceback.format_exc())
@@ -304,6 +312,12 @@ def _train_and_record(trial: optuna.Trial, ctx: TrialContext, config: RunConfig,
                       config.train.warmup_epochs)
         model, result = train_run(config, ctx.cache, on_epoch=on_epoch, resume=resume,
                                   on_checkpoint=on_checkpoint if checkpoint is not None else None)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        # Failed by another worker while this one was paused: the retry resumes from this chain's checkpoint and
+        # has its own run, so neither is touched. Only this run is closed, saying why.
+        _finish_run(ctx, run_id, "FAILED", {names.STATE_TAG: "FAIL", names.FAIL_KIND: names.LOST,
+                                            names.FAIL_REASON: TrialTakenOver.TAKEN_OVER})
+        raise TrialTakenOver(f"trial {trial.number}: {TrialTakenOver.TAKEN_OVER}") from None
     except optuna.TrialPruned:
         ctx.state.discard_checkpoint(checkpoint, [run_id, *(earlier_runs or [])])
         epoch = trial.user_attrs.get(names.EPOCHS_RUN, 0)

@@ -258,7 +258,13 @@ def finish_study(run: SweepStudy, cache: DataCache, status: str = "FINISHED") ->
     """Once the budget is spent: evaluate the best trial on the test split (once per best trial, whichever
     process gets here first), then close the parent run. Returns the best trial's summary, or None."""
     with study_lock(run.storage_url, run.name):
-        summary = evaluate_best_once(run, cache, state_store(run))
+        state = state_store(run)
+        summary = evaluate_best_once(run, cache, state)
+        # checkpoints of trials that ended without resuming (interrupted with the budget met elsewhere): a finished
+        # study needs none of them, here or in the artifact store
+        state.discard_leftover_checkpoints(
+            [t.user_attrs.get(names.MLFLOW_RUN_ID) for t in run.study.get_trials(deepcopy=False)
+             if t.state == TrialState.FAIL])
         close_parent(run, status)
     return summary
 

@@ -174,6 +174,18 @@ class TrialStateStore:
             except Exception as exc:
                 _warn(f"could not remove the checkpoint artifact of run {run_id}", exc)
 
+    def discard_leftover_checkpoints(self, run_ids: Iterable[Optional[str]]) -> None:
+        """Remove every checkpoint file of the study, and those `run_ids` uploaded (best effort, as above)."""
+        if self.checkpoints_dir is not None and self.checkpoints_dir.is_dir():
+            for path in self.checkpoints_dir.glob("trial_*.pt"):  # *.pt.corrupt ones stay, to be looked at
+                self.discard_checkpoint(path, [])
+        if self.shared is not None:
+            for run_id in filter(None, run_ids):
+                try:
+                    self.shared.delete_artifacts(run_id, CHECKPOINT_ARTIFACTS)
+                except Exception:  # that run uploaded none
+                    pass
+
     # ---- the best trial's weights -------------------------------------------------------------------------
 
     def save_weights(self, state_dict: dict, trial_number: int, run_id: str) -> None:

@@ -56,8 +56,8 @@ def test_runs_logging_the_same_new_dataset_at_once_all_succeed(tmp_path):
         assert digests == sorted(f"digest{r}-{c}" for r in range(rounds) for c in ("training", "validation"))
 
 
-def _interrupt_first_trial_at_epoch(monkeypatch, epoch):
-    """Ctrl-C in the first trial's `epoch`, after the checkpoints of the epochs before it were written."""
+def _interrupt_first_trial_at_epoch(monkeypatch, epoch, trial_call=1):
+    """Ctrl-C in the `trial_call`-th trial's `epoch`, after the checkpoints of the epochs before it were written."""
     from alexnet_exp import objective
 
     real_train_run = objective.train_run
@@ -67,7 +67,7 @@ def _interrupt_first_trial_at_epoch(monkeypatch, epoch):
         calls.append(config)
 
         def stop(metrics):
-            if len(calls) == 1 and metrics.epoch == epoch:
+            if len(calls) == trial_call and metrics.epoch == epoch:
                 raise KeyboardInterrupt
             on_epoch(metrics)
         return real_train_run(config, cache, on_epoch=stop, **kwargs)
@@ -301,3 +301,63 @@ def test_a_full_disk_stops_the_sweep_with_one_line_and_a_rerun_resumes(tmp_path,
     _, parents, children = mlflow_runs(tmp_path)
     assert parents[0].info.status == "FINISHED"
     assert not [c for c in children if c.info.status == "RUNNING"]
+
+
+def test_a_worker_paused_past_its_heartbeats_wakes_harmless(tmp_path):
+    """A worker stopped (SIGSTOP, as a VM freeze or a swap storm does) past its heartbeats and then woken died
+    with `Cannot tell a FAIL trial` / `Should not reach`; the launcher exited 1 and closed the parent FAILED."""
+    import os
+    import signal
+
+    from test_workers import SLOW, launch, running_trial_at_epoch, wait_for
+
+    cfg = write_config(tmp_path / "s.yaml", **SLOW,
+                       study={"name": "tiny", "n_trials": 3, "sampler": "random", "pruner": "none",
+                              "heartbeat_seconds": 1})
+    proc = launch(tmp_path, cfg, "--workers", "2")
+    try:
+        victim = wait_for(running_trial_at_epoch(tmp_path, 1), 240, "a trial at epoch 1", proc)
+        pid = victim.user_attrs["worker_pid"]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            def retried_and_running():
+                trials = study_of(tmp_path).get_trials()
+                return any(t.system_attrs.get("failed_trial") == victim.number and t.state == TrialState.RUNNING
+                           for t in trials)
+            wait_for(retried_and_running, 240, "the paused worker's trial retried by the other", proc)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        out, _ = proc.communicate(timeout=400)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out
+    assert "Traceback" not in out and "Should not reach" not in out, out
+    assert "its result is dropped" in out
+    trials = study_of(tmp_path).get_trials()
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
+    paused = next(t for t in trials if t.number == victim.number)
+    assert paused.state == TrialState.FAIL and paused.user_attrs["fail_kind"] == "lost"
+    retry = next(t for t in trials if t.system_attrs.get("failed_trial") == victim.number)
+    assert retry.state == TrialState.COMPLETE and len(retry.intermediate_values) == 5
+    _, parents, children = mlflow_runs(tmp_path)
+    assert parents[0].info.status == "FINISHED"
+    runs = {int(c.data.tags["trial"]): c for c in children}
+    assert runs[retry.number].info.status == "FINISHED"  # the woken worker left the retry's run alone
+    assert runs[victim.number].info.status == "FAILED"
+    assert not [c for c in children if c.info.status == "RUNNING"]
+
+
+def test_a_finished_study_leaves_no_checkpoint(tmp_path, monkeypatch):
+    """A trial interrupted after another filled the budget left its checkpoint in sweeps/ for good."""
+    from alexnet_exp import objective
+
+    monkeypatch.chdir(tmp_path)
+    cfg = write_config(tmp_path / "s.yaml", train={"epochs": 3},
+                       study={"name": "tiny", "n_trials": 2, "sampler": "random", "pruner": "none"})
+    real_train_run = _interrupt_first_trial_at_epoch(monkeypatch, 3, trial_call=2)
+    assert run_sweep(tmp_path, cfg) == 130
+    checkpoints = tmp_path / "sweeps" / "tiny" / "checkpoints"
+    assert [p.name for p in checkpoints.iterdir()] == ["trial_00001.pt"]
+    monkeypatch.setattr(objective, "train_run", real_train_run)
+    assert run_sweep(tmp_path, cfg, "--trials", "1") == 0  # the budget is met: the study finishes at once
+    assert list(checkpoints.iterdir()) == []
