@@ -316,7 +316,8 @@ def _print_setup(run: SweepStudy, report, device, n_workers: int) -> None:
             print(f"{count} {what}")
     for line in report.search_changes:
         print(line)
-    print(f"MLflow: {tracker.shown_uri} -> {tracker.ui_link()} (run `mlflow ui` in this folder)")
+    where = "" if tracker.is_server else " (run `mlflow ui` in this folder)"
+    print(f"MLflow: {tracker.shown_uri} -> {tracker.ui_link()}{where}")
 
 
 def _print_end(run: SweepStudy, summary: Optional[dict], took: str, say_missing: bool) -> None:

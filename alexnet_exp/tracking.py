@@ -168,7 +168,10 @@ class Tracker:
         # Keep artifacts beside the database (MLflow would use ./mlruns of whatever folder we run in).
         return (db.resolve().parent / "mlruns").as_uri() if db is not None else None
 
-    def ui_link(self, host: str = "http://127.0.0.1:5000") -> str:
+    def ui_link(self) -> str:
+        """The experiment's runs table: on the tracking server itself when there is one (its URL without a
+        password), else where `mlflow ui` started in the store's folder serves it."""
+        host = redact_url(self.tracking_uri).rstrip("/") if self.is_server else "http://127.0.0.1:5000"
         return f"{host}/#/experiments/{self.experiment_id}/runs"
 
     # ---- runs ---------------------------------------------------------------------------------------------

@@ -32,6 +32,8 @@ def test_launchers_started_together_on_postgres_and_a_tracking_server(servers, t
     for p, output in zip(procs, outputs):
         assert p.returncode == 0 and "Traceback" not in output, output[-4000:]
         assert PASSWORD not in output
+        # the printed link opens the runs on the tracking server, not on a local `mlflow ui`
+        assert f"MLflow runs: {tracking.rstrip('/')}/#/experiments/" in output and "127.0.0.1:5000/#" not in output
 
     trials = optuna.load_study(study_name="tiny", storage=storage).get_trials()
     assert sum(is_verdict(t) for t in trials) == 6
