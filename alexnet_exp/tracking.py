@@ -33,6 +33,37 @@ SYSTEM_METRICS_INTERVAL_S = 2.0
 SYSTEM_METRICS_SAMPLES_PER_POINT = 5
 
 
+SQLITE_LOCK_PATIENCE_S = 180.0  # how long a call waits, in all, for a SQLite store locked by another process
+
+
+class _PatientClient:
+    """An MlflowClient whose calls wait for a SQLite store's write lock instead of failing. MLflow gives each
+    session a 20 s busy timeout: a worker paused while it holds the lock (a frozen VM, a swap storm) made
+    another worker's trial fail with "database is locked". A locked call was rolled back, so calling it again
+    is safe. Optuna's storage waits likewise (study_store.open_storage)."""
+
+    def __init__(self, client: MlflowClient):
+        self._client = client
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def patient(*args, **kwargs):
+            deadline = time.monotonic() + SQLITE_LOCK_PATIENCE_S
+            while True:
+                try:
+                    return attr(*args, **kwargs)
+                except Exception as exc:
+                    if "database is locked" not in str(exc) or time.monotonic() > deadline:
+                        raise
+                    print(f"MLflow's database is locked by another process; waiting ({name})", file=sys.stderr,
+                          flush=True)
+                    time.sleep(1.0)
+        return patient
+
+
 def resolve_tracking_uri(configured: Optional[str]) -> str:
     """Flag or YAML, else MLFLOW_TRACKING_URI, else MLflow's own default (sqlite:///mlflow.db in this folder)."""
     if configured:
@@ -121,7 +152,7 @@ class Tracker:
             # and can leave the file unusable: the first touch (the client's store, which migrates) and the
             # experiment's creation happen one process at a time.
             with file_lock(db.with_name(db.name + ".lock")):
-                self.client = MlflowClient(tracking_uri)
+                self.client = _PatientClient(MlflowClient(tracking_uri))
                 self.experiment_id = self._ensure_experiment(experiment_name)
                 if registered_model is not None:
                     self._check_registry()  # opens the registry's store on the same file: under the lock too

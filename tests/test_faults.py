@@ -361,3 +361,28 @@ def test_a_finished_study_leaves_no_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(objective, "train_run", real_train_run)
     assert run_sweep(tmp_path, cfg, "--trials", "1") == 0  # the budget is met: the study finishes at once
     assert list(checkpoints.iterdir()) == []
+
+
+def test_a_process_holding_mlflows_sqlite_lock_makes_others_wait_not_fail(tmp_path):
+    """A worker paused while it held MLflow's SQLite write lock made another worker's trial fail with
+    `database is locked` (MLflow's sessions give up after 20 s). Here another process holds it for 25 s."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "locked", system_metrics=False)
+    run_id = tracker.client.create_run(tracker.experiment_id).info.run_id
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sqlite3, sys, time\n"
+        f"c = sqlite3.connect({str(tmp_path / 'mlflow.db')!r}, isolation_level=None)\n"
+        "c.execute('BEGIN IMMEDIATE')\n"  # the write lock, as a writer frozen mid-transaction holds it
+        "print('locked', flush=True)\n"
+        "time.sleep(25)\n"
+        "c.execute('ROLLBACK')\n"
+        "print(time.time(), flush=True)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        tracker.log_metrics(run_id, {"val_accuracy": 0.5}, step=1)  # waits for the lock instead of failing
+        written = time.time()
+        released = float(holder.stdout.readline())
+        assert written >= released  # it could only write once the holder let go
+    finally:
+        holder.kill()
+    assert [m.value for m in tracker.client.get_metric_history(run_id, "val_accuracy")] == [0.5]
