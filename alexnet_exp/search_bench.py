@@ -189,7 +189,11 @@ def plot(results: list[StudyResult], epoch_budget: int, path: Path, title: str) 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    import textwrap
+
     colours = {"default": "tab:green", "random": "tab:blue", "before": "tab:orange"}
+    # one line style per study seed: strategies of one seed share TPE's random start-up, so their curves meet
+    styles = {seed: style for seed, style in zip(sorted({r.seed for r in results}), ("-", "--", ":", "-."))}
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in results:
         xs, ys, best = [0], [None], None
@@ -201,11 +205,11 @@ def plot(results: list[StudyResult], epoch_budget: int, path: Path, title: str) 
         points = [(x, y) for x, y in zip(xs, ys) if y is not None]
         if points:
             ax.step(*zip(*points), where="post", color=colours.get(r.strategy), alpha=0.8,
-                    label=f"{r.strategy}, seed {r.seed}")
+                    linestyle=styles.get(r.seed, "-"), label=f"{r.strategy}, seed {r.seed}")
     ax.axvline(epoch_budget, color="grey", linestyle=":", linewidth=1)
     ax.set_xlabel("epochs trained (all trials of the study)")
     ax.set_ylabel("best validation accuracy so far")
-    ax.set_title(title, fontsize=9)
+    ax.set_title("\n".join(textwrap.wrap(title, 95)), fontsize=8)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
