@@ -140,7 +140,7 @@ def test_ties_are_called_ties():
 def test_an_interrupted_repeat_resumes_and_no_trial_is_sampled_meanwhile(tmp_path):
     """A repeat stopped by SIGTERM (a preempted --join task) is queued to resume once, by the workers still in
     the repeats' phase; while nothing is queued they wait instead of sampling trials that would be surplus."""
-    from alexnet_exp.study_store import requeue_interrupted
+    from alexnet_exp.study_store import requeue_unfinished
     from alexnet_exp.workers import run_trials
 
     study = optuna.create_study(direction="maximize", storage=f"sqlite:///{tmp_path / 'o.db'}")
@@ -151,7 +151,7 @@ def test_an_interrupted_repeat_resumes_and_no_trial_is_sampled_meanwhile(tmp_pat
     trial.set_user_attr(names.FAIL_KIND, names.INTERRUPTED)
     study.tell(trial, state=TrialState.FAIL)
     for _ in range(2):  # two workers topping up, one after the other
-        requeue_interrupted(study)
+        requeue_unfinished(study)
         ensure_repeats(study, n_trials=1, top_k=1, seeds=1, default_seed=0)
     (resume,) = study.get_trials(states=(TrialState.WAITING,))
     assert repeat_key(resume) == (0, 1) and resume.system_attrs["failed_trial"] == trial.number
