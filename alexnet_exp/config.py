@@ -403,6 +403,12 @@ def ordered_params(space: dict[str, SpaceEntry]) -> list[str]:
 SCALED = {"train.lr": "train.lr_scale", "train.weight_decay": "train.weight_decay_scale"}
 
 
+def resolved_rates(config: RunConfig) -> dict[str, Any]:
+    """The rate and decay that the config's scales resolve to (rates.py): what trains, and what MLflow and the
+    report show. Empty where both are given as raw values."""
+    return {value: config.value(value) for value, scale in SCALED.items() if config.value(scale) is not None}
+
+
 def _check_space(config: RunConfig) -> list[str]:
     errors = []
     try:

@@ -21,7 +21,7 @@ import torch
 
 from . import names
 from .budget import is_repeat, surplus
-from .config import SCALED, ConfigError, RepeatsConfig, RunConfig, dump_config
+from .config import ConfigError, RepeatsConfig, RunConfig, dump_config, resolved_rates
 from .pipeline import DataCache, input_size, make_augmenter, make_model, train_run
 from .figures_common import confusion_png
 from .progress import SweepProgress
@@ -31,7 +31,7 @@ from .redaction import redact_text
 from .repeats import best_search_trial, load_plan
 from .retries import retry_transient, storage_problem, transient_storage_errors
 from .space import suggest
-from .study_store import OPERATIONAL_KEYS
+from .study_store import trained_values
 from .tracking import Tracker
 from .trial_state import TrialStateStore
 from .train import EpochMetrics, evaluate
@@ -75,8 +75,7 @@ def data_digest(config: RunConfig) -> str:
 def training_fingerprint(config: RunConfig) -> str:
     """What decides a trial's training state: its configuration without the operational keys (the device, the
     data's folder), so that a retry on another machine resumes the checkpoint and another configuration does not."""
-    trained = {k: v for k, v in config.flat().items() if k not in OPERATIONAL_KEYS}
-    return hashlib.sha256(json.dumps(trained, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(trained_values(config), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def best_value(study: optuna.Study) -> Optional[float]:
@@ -215,13 +214,6 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext, n_trials: int) -> float:
         raise
 
 
-def _resolved_rates(config: Optional[RunConfig]) -> dict[str, Any]:
-    """The rate and decay a sampled scale resolves to, for the trial's start line (rates.py)."""
-    if config is None:
-        return {}
-    return {value: config.value(value) for value, scale in SCALED.items() if config.value(scale) is not None}
-
-
 def _run_trial(trial: optuna.Trial, ctx: TrialContext, n_trials: int) -> float:
     if _is_surplus(trial, n_trials, ctx.base.study.repeats):
         raise TrialFailed(*_record_failure(trial, names.SURPLUS, "the budget was taken by other workers' trials"))
@@ -232,7 +224,7 @@ def _run_trial(trial: optuna.Trial, ctx: TrialContext, n_trials: int) -> float:
         config, invalid = ctx.base.with_values(values), None
     except ConfigError as exc:
         config, invalid = None, exc
-    ctx.progress.trial_started(trial.number, {**values, **_resolved_rates(config)})
+    ctx.progress.trial_started(trial.number, {**values, **(resolved_rates(config) if config else {})})
     chain = _retry_chain(trial)
     previous = chain.previous
     tags = {**ctx.run_tags, names.TRIAL_TAG: trial.number, names.STATE_TAG: "RUNNING",

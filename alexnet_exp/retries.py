@@ -23,14 +23,21 @@ LASTING = ("database or disk is full", "No space left on device", "attempt to wr
            "could not extend file", "Disk quota exceeded")
 
 
-def is_lasting(exc: BaseException) -> bool:
-    """Does `exc`, or an error behind it (Optuna wraps the database's in StorageInternalError), say so?"""
+def error_behind(exc: BaseException, matches: Callable[[BaseException], bool]) -> Optional[BaseException]:
+    """`exc` or the first error behind it (its cause, else its context, and so on) that `matches`. Optuna wraps
+    the database's error in StorageInternalError, and its optimize loop raises `AssertionError: Should not
+    reach` over an error that kept it from recording a trial's end."""
     seen: Optional[BaseException] = exc
     while seen is not None:
-        if any(words in str(seen) for words in LASTING):
-            return True
+        if matches(seen):
+            return seen
         seen = seen.__cause__ or seen.__context__
-    return False
+    return None
+
+
+def is_lasting(exc: BaseException) -> bool:
+    """Does `exc`, or an error behind it, say that the fault is the database's disk or file (LASTING)?"""
+    return error_behind(exc, lambda e: any(words in str(e) for words in LASTING)) is not None
 
 
 def retry_transient(fn: Callable, what: str, attempts: int = 7):
@@ -48,14 +55,8 @@ def retry_transient(fn: Callable, what: str, attempts: int = 7):
 
 
 def storage_error_behind(exc: BaseException) -> Optional[BaseException]:
-    """The storage error that caused `exc`, if one did. Optuna's optimize loop, when it cannot record a trial's
-    end (a full disk under the database), raises `AssertionError: Should not reach` over the real error."""
-    seen: Optional[BaseException] = exc
-    while seen is not None:
-        if isinstance(seen, transient_storage_errors()):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
+    """The storage error that caused `exc` (a full disk under the database, a server away), if one did."""
+    return error_behind(exc, lambda e: isinstance(e, transient_storage_errors()))
 
 
 def storage_problem(exc: BaseException) -> str:

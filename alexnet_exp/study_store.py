@@ -154,8 +154,13 @@ def open_storage(url: str, heartbeat_seconds: int = 20) -> optuna.storages.BaseS
                                         f"{str(last).splitlines()[0]}"]) from None
 
 
+def trained_values(config: RunConfig) -> dict:
+    """The values that decide what trains: the config's, less where it runs and reads (OPERATIONAL_KEYS)."""
+    return {k: v for k, v in config.flat().items() if k not in OPERATIONAL_KEYS}
+
+
 def fixed_signature(config: RunConfig) -> dict:
-    return {k: v for k, v in config.flat().items() if k not in OPERATIONAL_KEYS and k not in config.space}
+    return {k: v for k, v in trained_values(config).items() if k not in config.space}
 
 
 def open_study(config: RunConfig, storage, sampler, pruner) -> optuna.Study:

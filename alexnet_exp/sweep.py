@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 
 from . import names
 from .budget import budget_state
-from .config import SCALED, ConfigError, RunConfig, load_config, ordered_params, with_epochs_everywhere
+from .config import ConfigError, RunConfig, load_config, ordered_params, resolved_rates, with_epochs_everywhere
 from .data import DataError
 from .pipeline import DataCache
 from .processes import gpu_list, python_command, supervise, watch_launcher
@@ -81,8 +81,7 @@ def dry_run(config: RunConfig, sampler, n: int) -> None:
         try:
             resolved = config.with_values(values)
             # what a scale resolves to: the rate that trains (and that MLflow and the report show)
-            status = "".join(f"  -> {value} {resolved.value(value):.4g}" for value, scale in SCALED.items()
-                             if resolved.value(scale) is not None)
+            status = "".join(f"  -> {value} {rate:.4g}" for value, rate in resolved_rates(resolved).items())
         except ConfigError as exc:
             status = f"  INVALID: {'; '.join(exc.errors)}"
         print(f"trial {trial.number} ({label}): {json.dumps(values)}{status}")

@@ -52,14 +52,17 @@ class _PatientClient:
 
         def patient(*args, **kwargs):
             deadline = time.monotonic() + SQLITE_LOCK_PATIENCE_S
+            said = False
             while True:
                 try:
                     return attr(*args, **kwargs)
                 except Exception as exc:
                     if "database is locked" not in str(exc) or time.monotonic() > deadline:
                         raise
-                    print(f"MLflow's database is locked by another process; waiting ({name})", file=sys.stderr,
-                          flush=True)
+                    if not said:  # once per call: MLflow's session already waited 20 s before each of these
+                        print(f"MLflow's database is locked by another process; waiting ({name})",
+                              file=sys.stderr, flush=True)
+                        said = True
                     time.sleep(1.0)
         return patient
 

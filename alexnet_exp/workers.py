@@ -15,7 +15,7 @@ import optuna
 
 from .budget import budget_state, is_error
 from .progress import worker_label
-from .retries import is_lasting, retry_transient, storage_error_behind, storage_problem
+from .retries import error_behind, is_lasting, retry_transient, storage_error_behind, storage_problem
 
 POLL_SECONDS = 1.0
 MAX_ERROR_PAUSE_SECONDS = 30.0
@@ -23,14 +23,9 @@ MAX_ERROR_PAUSE_SECONDS = 30.0
 
 def taken_over(exc: BaseException) -> bool:
     """Did `exc` come of recording a trial that another worker has failed already (a stale heartbeat)?"""
-    seen: Optional[BaseException] = exc
-    while seen is not None:
-        # Optuna's own words for telling a finished trial (optuna/study/_tell.py); tests/test_faults.py pins them
-        if isinstance(seen, optuna.exceptions.UpdateFinishedTrialError) or (
-                isinstance(seen, ValueError) and "Cannot tell a" in str(seen)):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    # Optuna's own words for telling a finished trial (optuna/study/_tell.py); tests/test_faults.py pins them
+    return error_behind(exc, lambda e: isinstance(e, optuna.exceptions.UpdateFinishedTrialError) or (
+        isinstance(e, ValueError) and "Cannot tell a" in str(e))) is not None
 
 
 def error_pause(consecutive_errors: int) -> float:
