@@ -101,7 +101,7 @@ def join_study(config: RunConfig, storage_url: str, storage, sampler, pruner, tr
     """A worker's (or the finish step's) view of a study that `setup_study` has set up, waiting up to
     `wait_seconds` for it: a scheduler starts its tasks in any order, an array's tasks all at once."""
     name = config.study.name
-    deadline = time.monotonic() + wait_seconds
+    deadline, said_waiting = time.monotonic() + wait_seconds, False
     while True:
         study = None
         try:
@@ -116,6 +116,10 @@ def join_study(config: RunConfig, storage_url: str, storage, sampler, pruner, tr
                                f"{f' after waiting {wait_seconds:.0f} s' if wait_seconds else ''}: run the set-up "
                                f"step first (python -m alexnet_exp.sweep CONFIG --init-only, or a plain launcher), "
                                f"check --storage / study.storage, or wait longer (--wait SECONDS)")
+        if not said_waiting:  # a scheduler's log then says why the task sits idle
+            print(f"{worker_label()}study {name!r} is not set up yet: waiting up to {wait_seconds:.0f} s for the "
+                  f"set-up step", flush=True)
+            said_waiting = True
         time.sleep(poll_seconds)
     study = open_study(config, storage, sampler, pruner)  # refuses a study made for another setup
     return SweepStudy(config, storage_url, study, tracker, study.user_attrs[names.PARENT_RUN_ID])

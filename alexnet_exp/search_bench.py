@@ -44,7 +44,7 @@ from . import names
 from .config import RunConfig, config_from_dict, load_config
 from .pipeline import DataCache
 from .pruning import make_pruner
-from .roles import SweepStudy, finish_study, run_worker, setup_study
+from .roles import finish_study, run_worker, setup_study
 from .samplers import make_sampler
 from .study_store import open_storage
 from .tracking import Tracker

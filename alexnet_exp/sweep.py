@@ -245,6 +245,15 @@ def _join(run: SweepStudy, cache: DataCache, run_tags: dict, quiet: bool) -> int
     """A worker started by a scheduler (`--join`). The parent run is open while trials may run: reopened when a
     worker joins a study with budget left, closed as KILLED when the last worker is stopped (scancel,
     preemption) with budget left; the finish step closes it for good."""
+    if not retry_transient(lambda: budget_left(run), "the budget check"):
+        # A scheduler's spare or late task: its log says why it did nothing, and what comes next.
+        finished, _ = budget_state(run.study)
+        closed = run.tracker.run_status(run.parent_id) == "FINISHED"
+        print(f"study {run.name!r}: nothing left to run, the budget is met ({finished}/{run.config.study.n_trials} "
+              f"trials finished); " + ("the study is finished (see its report)" if closed else
+                                      "the finish step (--finalize) evaluates the best trial on the test split"),
+              flush=True)
+        return names.EXIT_OK
     count = prepare_to_join(run)
     if count:
         print(f"{count} {REQUEUED}", flush=True)

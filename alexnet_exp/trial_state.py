@@ -96,6 +96,7 @@ class TrialStateStore:
         self.checkpoints_dir = checkpoints_dir  # None: no per-epoch checkpoints
         self.weights_dir = weights_dir
         self.shared = shared  # the tracker whose artifact store every machine reads; None: local only
+        self._upload_failed: set[Path] = set()  # warned about, until an upload of it works again
 
     # ---- per-epoch checkpoints (keyed by the first trial of a retry chain) ----------------------------------
 
@@ -106,8 +107,8 @@ class TrialStateStore:
         """`fingerprint`: what the state was trained with (objective.training_fingerprint); a checkpoint is only
         resumed by a trial with the same."""
         save_atomically({**state, FINGERPRINT_KEY: fingerprint}, path)
-        if self.shared is not None:
-            self.shared.log_file(run_id, path, CHECKPOINT_ARTIFACTS)
+        self._upload(run_id, path, CHECKPOINT_ARTIFACTS, "this machine resumes from it; a retry on another machine "
+                                                         "starts from an earlier upload or from epoch 1")
 
     def load_checkpoint(self, path: Optional[Path], earlier_runs: Iterable[str],
                         fingerprint: str) -> tuple[Optional[dict], list[str]]:
@@ -191,8 +192,23 @@ class TrialStateStore:
     def save_weights(self, state_dict: dict, trial_number: int, run_id: str) -> None:
         path = names.weights_path(self.weights_dir, trial_number)
         save_atomically(state_dict, path)
-        if self.shared is not None:
-            self.shared.log_file(run_id, path, WEIGHTS_ARTIFACTS)
+        self._upload(run_id, path, WEIGHTS_ARTIFACTS, "a finish step on this machine finds them; elsewhere the "
+                                                      "process that trained them evaluates them on the test split")
+
+    def _upload(self, run_id: str, path: Path, artifact_path: str, fallback: str) -> None:
+        """Copy a file written here to the run's artifacts (shared store only). A failed upload (the artifact
+        store full, unwritable or away) is a warning, not a failed trial: the file is safe on this machine and
+        the training goes on. Said once per file and process, not at every epoch."""
+        if self.shared is None:
+            return
+        try:
+            self.shared.log_file(run_id, path, artifact_path)
+        except Exception as exc:
+            if path not in self._upload_failed:
+                self._upload_failed.add(path)
+                _warn(f"could not upload {path} to the artifacts of run {run_id} ({fallback})", exc)
+        else:
+            self._upload_failed.discard(path)
 
     def fetch_weights(self, trial_number: int, run_id: Optional[str]) -> Optional[Path]:
         """The trial's weights on this machine, downloaded from its run when they are not here yet."""

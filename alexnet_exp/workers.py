@@ -47,6 +47,7 @@ def run_trials(study: optuna.Study, objective: Callable, n_trials: int, timeout:
     `timeout` or `errors` (`max_errors` trials of this process raised errors)."""
     started = time.monotonic()
     errors = consecutive = 0
+    said_waiting = False  # a worker idle while others finish says why once, not at every poll
 
     def on_trial_end(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         nonlocal errors, consecutive
@@ -72,8 +73,13 @@ def run_trials(study: optuna.Study, objective: Callable, n_trials: int, timeout:
         if errors >= max_errors:
             return "errors"
         if verdicts + active >= n_trials:
+            if not said_waiting:
+                print(f"{worker_label()}waiting: the last {active} trial(s) of the budget run in other workers; "
+                      f"this one takes over any that fails", flush=True)
+                said_waiting = True
             time.sleep(POLL_SECONDS)
             continue
+        said_waiting = False
         time.sleep(error_pause(consecutive))
         if before_trial is not None:
             retry_transient(before_trial, "queueing the next trial")

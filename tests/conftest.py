@@ -38,5 +38,5 @@ def servers(tmp_path_factory):
         raise
     yield f"{base}/optuna", url, restart_pg, port, artifacts
     mlflow_proc.terminate()
-    mlflow_proc.wait(timeout=30)
+    mlflow_proc.finish()
     stop_pg()

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from progress import Launched
+
 PASSWORD = "pg-s3cret"
 
 
@@ -47,7 +49,7 @@ def start_postgres():
     subprocess.run(as_postgres + [initdb, "-D", str(data), "-U", "alex", "--auth=scram-sha-256",
                                   f"--pwfile={pwfile}", "-E", "UTF8"], check=True, capture_output=True)
     port = free_port()
-    subprocess.run(as_postgres + [pg_ctl, "-D", str(data), "-l", str(folder / "log"), "-w", "-t", "60", "-o",
+    subprocess.run(as_postgres + [pg_ctl, "-D", str(data), "-l", str(folder / "log"), "-w", "-t", "300", "-o",
                                   f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c max_connections=200",
                                   "start"], check=True, capture_output=True)
     env = {**os.environ, "PGPASSWORD": PASSWORD}
@@ -64,7 +66,7 @@ def start_postgres():
         subprocess.run(as_postgres + [pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"], check=True,
                        capture_output=True)
         time.sleep(down_seconds)
-        subprocess.run(as_postgres + [pg_ctl, "-D", str(data), "-l", str(folder / "log"), "-w", "-t", "60", "-o",
+        subprocess.run(as_postgres + [pg_ctl, "-D", str(data), "-l", str(folder / "log"), "-w", "-t", "300", "-o",
                                       f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c max_connections=200",
                                       "start"], check=True, capture_output=True)
 
@@ -73,18 +75,21 @@ def start_postgres():
 
 def start_mlflow_server(backend_uri: str, artifacts):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
-                             "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port),
-                             "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # Launched reads its log as it comes: an unread pipe would fill and block the server mid-test.
+    proc = Launched([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
+                     "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port),
+                     "--workers", "1"])
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mlflow server exited: {proc.stderr.read()[-2000:]}")
+
+    def healthy():
         try:
-            with urllib.request.urlopen(url + "/health", timeout=2):
-                return url, proc
+            with urllib.request.urlopen(url + "/health", timeout=10):
+                return True
         except OSError:
-            time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError("mlflow server did not answer /health within 120 s")
+            return False
+    try:
+        proc.until(healthy, "the mlflow server to answer /health")
+    except AssertionError:
+        proc.kill()
+        raise
+    return url, proc

@@ -1,5 +1,4 @@
 import numpy as np
-import pytest
 import torch
 
 from alexnet_exp.augment import BatchAugmenter, ColorStats, color_stats, pca_color, random_crop, random_flip

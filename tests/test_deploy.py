@@ -174,7 +174,7 @@ def test_the_wait_script_returns_once_the_port_answers_and_waits_while_it_does_n
         server.bind(("127.0.0.1", 0))
         server.listen()
         port = server.getsockname()[1]
-        subprocess.run([sys.executable, "-c", script, f"127.0.0.1:{port}"], check=True, timeout=20)
+        subprocess.run([sys.executable, "-c", script, f"127.0.0.1:{port}"], check=True, timeout=300)
     # the port is closed now: the script keeps waiting, saying for what
     proc = subprocess.Popen([sys.executable, "-c", script, f"127.0.0.1:{port}"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)

@@ -9,6 +9,7 @@ import optuna
 from mlflow import MlflowClient
 
 from alexnet_exp.budget import is_verdict
+from progress import Launched
 from servers import PASSWORD, _pg_bin
 from sweep_helpers import write_config
 
@@ -24,11 +25,9 @@ def test_launchers_started_together_on_postgres_and_a_tracking_server(servers, t
     procs = []
     for folder in machines:
         folder.mkdir()
-        procs.append(subprocess.Popen([sys.executable, "-m", "alexnet_exp.sweep", str(cfg), "--quiet", "--workers",
-                                       "2", "--storage", storage], cwd=folder, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True,
-                                      env={**os.environ, "MLFLOW_TRACKING_URI": tracking}))
-    outputs = [p.communicate(timeout=400)[0] for p in procs]
+        procs.append(Launched([sys.executable, "-m", "alexnet_exp.sweep", str(cfg), "--quiet", "--workers", "2",
+                               "--storage", storage], cwd=folder, env={**os.environ, "MLFLOW_TRACKING_URI": tracking}))
+    outputs = [p.finish() for p in procs]
     for p, output in zip(procs, outputs):
         assert p.returncode == 0 and "Traceback" not in output, output[-4000:]
         assert PASSWORD not in output
@@ -72,19 +71,18 @@ def test_launchers_started_together_on_postgres_and_a_tracking_server(servers, t
 
 
 def test_a_storage_outage_mid_sweep_loses_nothing(servers, tmp_path):
-    from test_workers import running_trial_at_epoch_in, wait_for
+    from test_workers import running_trial_at_epoch_in
 
     storage, _, restart_pg, _, _ = servers
     cfg = write_config(tmp_path / "s.yaml", data={"synthetic_train_size": 1200}, model={"width": 0.25},
                        train={"epochs": 4}, study={"name": "outage", "n_trials": 2, "sampler": "random",
                                                    "pruner": "none", "heartbeat_seconds": 2})
-    proc = subprocess.Popen([sys.executable, "-m", "alexnet_exp.sweep", str(cfg), "--quiet", "--storage", storage,
-                             "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = Launched([sys.executable, "-m", "alexnet_exp.sweep", str(cfg), "--quiet", "--storage", storage,
+                     "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"], cwd=tmp_path)
     try:
-        wait_for(running_trial_at_epoch_in(storage, "outage", 1), 240, "a trial at epoch 1", proc)
+        proc.until(running_trial_at_epoch_in(storage, "outage", 1), "a trial at epoch 1")
         restart_pg(down_seconds=3)
-        out, _ = proc.communicate(timeout=300)
+        out = proc.finish()
     finally:
         proc.kill()
     assert proc.returncode == 0, out[-4000:]
@@ -99,7 +97,7 @@ def test_a_trial_lost_on_one_machine_resumes_on_another_through_the_tracking_ser
     """Machine A (its own folder) dies mid-trial; machine B (another folder, no local checkpoint) retries the
     trial from A's last epoch, read from the tracking server's artifact store; machine C (a third folder, no
     local weights) runs the finish step."""
-    from test_workers import running_trial_at_epoch_in, wait_for
+    from test_workers import running_trial_at_epoch_in
 
     storage, tracking, _, _, _ = servers
     cfg = write_config(tmp_path / "s.yaml", data={"synthetic_train_size": 1200}, model={"width": 0.25},
@@ -111,21 +109,20 @@ def test_a_trial_lost_on_one_machine_resumes_on_another_through_the_tracking_ser
         folder.mkdir()
 
     def sweep(machine, *flags, **kw):
-        return subprocess.Popen([sys.executable, "-m", "alexnet_exp.sweep", str(cfg), "--quiet", "--storage",
-                                 storage, *flags], cwd=machines[machine], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, env=env, **kw)
+        return Launched([sys.executable, "-m", "alexnet_exp.sweep", str(cfg), "--quiet", "--storage", storage,
+                         *flags], cwd=machines[machine], env=env, **kw)
 
     a = sweep("a")
     try:
-        victim = wait_for(running_trial_at_epoch_in(storage, "machines", 2), 240, "a trial at epoch 2", a)
+        victim = a.until(running_trial_at_epoch_in(storage, "machines", 2), "a trial at epoch 2")
         a.kill()  # the machine is gone: no clean-up of any kind
-        a.wait(timeout=30)
+        a.finish()
     finally:
         a.kill()
     assert list((machines["a"] / "sweeps" / "machines" / "checkpoints").glob("trial_*.pt"))
 
-    b = sweep("b", "--join", "--wait", "30")
-    out, _ = b.communicate(timeout=300)
+    b = sweep("b", "--join", "--wait", "300")
+    out = b.finish()
     assert b.returncode == 0, out[-4000:]
     trials = optuna.load_study(study_name="machines", storage=storage).get_trials()
     lost = next(t for t in trials if t.number == victim.number)
@@ -139,6 +136,6 @@ def test_a_trial_lost_on_one_machine_resumes_on_another_through_the_tracking_ser
         assert not client.list_artifacts(run_id, "checkpoint")
 
     c = sweep("c", "--finalize")
-    out, _ = c.communicate(timeout=300)
+    out = c.finish()
     assert c.returncode == 0 and "held-out test accuracy" in out, out[-4000:]
     assert "test_accuracy" in client.get_run(retry.user_attrs["mlflow_run_id"]).data.metrics

@@ -9,6 +9,7 @@ import torch
 from optuna.trial import TrialState
 
 from alexnet_exp.tracking import Tracker
+from progress import Launched, until
 from sweep_helpers import mlflow_runs, run_sweep, write_config
 from test_workers import study_of
 
@@ -38,14 +39,15 @@ def test_runs_logging_the_same_new_dataset_at_once_all_succeed(tmp_path):
     Tracker(uri, "race", system_metrics=False)  # the launcher's set-up: the store and the experiment exist
     script = tmp_path / "racer.py"
     script.write_text(RACER)
-    procs = [subprocess.Popen([sys.executable, str(script), uri, str(tmp_path), str(rounds)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(processes)]
+    procs = [Launched([sys.executable, str(script), uri, str(tmp_path), str(rounds)]) for _ in range(processes)]
     for r in range(rounds):
-        while len(list(tmp_path.glob(f"ready-{r}-*"))) < processes:
-            assert all(p.poll() is None for p in procs), [p.communicate()[0] for p in procs if p.poll() is not None]
-            time.sleep(0.01)
+        def all_ready():
+            assert all(p.poll() is None for p in procs), [p.finish() for p in procs if p.poll() is not None]
+            return len(list(tmp_path.glob(f"ready-{r}-*"))) == processes
+        until(all_ready, f"every process at barrier {r}", poll=0.01,
+              progress=lambda: len(list(tmp_path.glob("ready-*"))))
         (tmp_path / f"go-{r}").touch()
-    outs = [p.communicate(timeout=300)[0] for p in procs]
+    outs = [p.finish() for p in procs]
     failed = [out for p, out in zip(procs, outs) if p.returncode != 0]
     assert not failed, failed[0]
     tracker = Tracker(uri, "race", system_metrics=False)
@@ -309,14 +311,14 @@ def test_a_worker_paused_past_its_heartbeats_wakes_harmless(tmp_path):
     import os
     import signal
 
-    from test_workers import SLOW, launch, running_trial_at_epoch, wait_for
+    from test_workers import SLOW, launch, running_trial_at_epoch
 
     cfg = write_config(tmp_path / "s.yaml", **SLOW,
                        study={"name": "tiny", "n_trials": 3, "sampler": "random", "pruner": "none",
                               "heartbeat_seconds": 1})
     proc = launch(tmp_path, cfg, "--workers", "2")
     try:
-        victim = wait_for(running_trial_at_epoch(tmp_path, 1), 240, "a trial at epoch 1", proc)
+        victim = proc.until(running_trial_at_epoch(tmp_path, 1), "a trial at epoch 1")
         pid = victim.user_attrs["worker_pid"]
         os.kill(pid, signal.SIGSTOP)
         try:
@@ -324,10 +326,10 @@ def test_a_worker_paused_past_its_heartbeats_wakes_harmless(tmp_path):
                 trials = study_of(tmp_path).get_trials()
                 return any(t.system_attrs.get("failed_trial") == victim.number and t.state == TrialState.RUNNING
                            for t in trials)
-            wait_for(retried_and_running, 240, "the paused worker's trial retried by the other", proc)
+            proc.until(retried_and_running, "the paused worker's trial retried by the other")
         finally:
             os.kill(pid, signal.SIGCONT)
-        out, _ = proc.communicate(timeout=400)
+        out = proc.finish()
     finally:
         proc.kill()
     assert proc.returncode == 0, out
@@ -386,3 +388,36 @@ def test_a_process_holding_mlflows_sqlite_lock_makes_others_wait_not_fail(tmp_pa
     finally:
         holder.kill()
     assert [m.value for m in tracker.client.get_metric_history(run_id, "val_accuracy")] == [0.5]
+
+
+def test_a_failed_upload_to_the_artifact_store_is_a_warning_not_a_failed_trial(tmp_path, monkeypatch, capsys):
+    """A shared artifact store that refuses files (full, unwritable, away) failed every healthy trial at its
+    first checkpoint upload, and the sweep stopped for errors. The files are safe on this machine: train on."""
+    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+
+    real_log_artifact = LocalArtifactRepository.log_artifact
+    refused = []
+
+    def store_full_for_state(self, local_file, artifact_path=None):
+        if artifact_path in ("checkpoint", "weights"):  # the fault the test injects: the store's disk is full
+            refused.append(artifact_path)
+            raise OSError(28, "No space left on device", str(local_file))
+        return real_log_artifact(self, local_file, artifact_path)
+
+    monkeypatch.setattr(LocalArtifactRepository, "log_artifact", store_full_for_state)
+    monkeypatch.chdir(tmp_path)
+    cfg = write_config(tmp_path / "s.yaml", train={"epochs": 3},
+                       study={"name": "tiny", "n_trials": 2, "sampler": "random", "pruner": "none",
+                              "state_store": "mlflow"})
+    assert run_sweep(tmp_path, cfg) == 0
+    err = capsys.readouterr().err
+    trials = study_of(tmp_path).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    assert {"checkpoint", "weights"} <= set(refused)  # the fault really hit both kinds of upload
+    warnings = [line for line in err.splitlines() if "could not upload" in line]
+    assert warnings and all("No space left on device" in line for line in warnings), err
+    # one warning per file, not one per epoch: each trial's checkpoint once, each best trial's weights once
+    files = [w.split("could not upload ")[1].split(" to the artifacts")[0] for w in warnings]
+    assert len(files) == len(set(files)) and len([f for f in files if "checkpoints" in f]) == 2, warnings
+    _, parents, _ = mlflow_runs(tmp_path)
+    assert "test_accuracy" in parents[0].data.metrics  # the finish step found the weights on this machine

@@ -5,10 +5,8 @@ import importlib.util
 import json
 import shutil
 import socket
-import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -18,13 +16,13 @@ import numpy as np
 import optuna
 import pytest
 import torch
-from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
 from alexnet_exp.config import config_from_dict
 from alexnet_exp.pipeline import DataCache, input_size, make_augmenter
 from alexnet_exp.tracking import Tracker
+from progress import Launched
 from sweep_helpers import TINY, mlflow_runs, run_sweep, write_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -227,23 +225,16 @@ def test_optuna_dashboard_serves_a_finished_study(swept):
         shutil.which("optuna-dashboard")
     assert executable, "optuna_dashboard is importable but its optuna-dashboard command is not on the PATH"
     port = free_port()
-    proc = subprocess.Popen([executable, f"sqlite:///{tmp}/sweeps/tiny/optuna.db", "--port", str(port),
-                             "--host", "127.0.0.1", "--server", "wsgiref", "--quiet"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = Launched([executable, f"sqlite:///{tmp}/sweeps/tiny/optuna.db", "--port", str(port),
+                     "--host", "127.0.0.1", "--server", "wsgiref", "--quiet"])
     base = f"http://127.0.0.1:{port}"
     try:
-        # Wait for it to listen (a readiness check, not a timing assertion); a dashboard that exits says why.
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"optuna-dashboard exited with {proc.returncode}: {proc.stdout.read()}")
+        def answer():  # a readiness check, not a timing assertion; a dashboard that exits says why
             try:
-                status, body = get(f"{base}/api/studies")
-                break
+                return get(f"{base}/api/studies")
             except (urllib.error.URLError, ConnectionError):
-                if time.monotonic() > deadline:
-                    pytest.fail("optuna-dashboard did not answer within 60 s")
-                time.sleep(0.2)
+                return None
+        status, body = proc.until(answer, "optuna-dashboard to answer")
         assert status == 200
         studies = json.loads(body)["study_summaries"]
         assert [s["study_name"] for s in studies] == ["tiny"]
@@ -261,4 +252,4 @@ def test_optuna_dashboard_serves_a_finished_study(swept):
         assert {"train.optimizer", "train.lr[train.optimizer=sgd]"} & set(study.trials[0].params)
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        proc.finish()

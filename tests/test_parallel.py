@@ -4,7 +4,6 @@ import json
 import os
 import re
 import signal
-import time
 from pathlib import Path
 
 import optuna
@@ -16,7 +15,8 @@ from alexnet_exp.config import config_from_dict
 from alexnet_exp.samplers import make_sampler
 from alexnet_exp.space import suggest
 from sweep_helpers import mlflow_runs, run_sweep, write_config
-from test_workers import SLOW, launch, running_trial_at_epoch, study_of, wait_for
+from progress import until
+from test_workers import SLOW, launch, running_trial_at_epoch, study_of, trial_states
 
 SPACE = config_from_dict({"space": {
     "train.lr": {"type": "float", "low": 0.001, "high": 0.1, "log": True},
@@ -97,7 +97,7 @@ def test_launchers_started_together_on_fresh_stores(tmp_path):
                        baselines=[{"name": "hand-tuned", "train.optimizer": "sgd", "train.lr": 0.03}],
                        study={"name": "tiny", "n_trials": 8, "sampler": "tpe", "pruner": "none"})
     procs = [launch(tmp_path, cfg) for _ in range(4)]
-    outs = [p.communicate(timeout=400)[0] for p in procs]
+    outs = [p.finish() for p in procs]
     for p, out in zip(procs, outs):
         assert p.returncode == 0 and "Traceback" not in out, out
     trials = study_of(tmp_path).get_trials()
@@ -120,7 +120,7 @@ def test_workers_of_one_launcher_sample_distinct_trials(tmp_path):
     cfg = write_config(tmp_path / "s.yaml", train={"epochs": 1},
                        study={"name": "tiny", "n_trials": 9, "sampler": "tpe", "pruner": "none"})
     proc = launch(tmp_path, cfg, "--workers", "3")
-    out, _ = proc.communicate(timeout=400)
+    out = proc.finish()
     assert proc.returncode == 0, out
     trials = study_of(tmp_path).get_trials()
     _, parents, children = mlflow_runs(tmp_path)
@@ -142,17 +142,14 @@ def test_a_killed_launcher_leaves_no_orphans(tmp_path):
                        study={"name": "tiny", "n_trials": 4, "sampler": "random", "pruner": "none"})
     proc = launch(tmp_path, cfg, "--workers", "2")
     try:
-        victim = wait_for(running_trial_at_epoch(tmp_path, 2), 240, "a trial at epoch 2", proc)  # 1 checkpointed
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        output = proc.stdout.read()  # the launcher's and its workers' lines, read once they all closed the pipe
-        started = re.search(r"started 2 workers \(pids (\d+), (\d+)\)", output)
+        victim = proc.until(running_trial_at_epoch(tmp_path, 2), "a trial at epoch 2")  # 1 checkpointed
+        started = re.search(r"started 2 workers \(pids (\d+), (\d+)\)", proc.output)
         workers = [int(pid) for pid in started.groups()]
         assert victim.user_attrs["worker_pid"] in workers
-        deadline = time.monotonic() + 90
-        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert not any(_alive(w) for w in workers), "a worker went on without its launcher"
+        os.kill(proc.pid, signal.SIGKILL)
+        # The workers notice and stop as SIGTERM would; one that went on training would move its trial on.
+        output = until(lambda: not any(_alive(w) for w in workers) and proc.finish(),
+                       "the workers to stop without their launcher", progress=lambda: trial_states(tmp_path))
     finally:
         proc.kill()
     trials = study_of(tmp_path).get_trials()
@@ -165,7 +162,7 @@ def test_a_killed_launcher_leaves_no_orphans(tmp_path):
     assert parents[0].info.status == "KILLED"
 
     rerun = launch(tmp_path, cfg)  # resumable: the interrupted trial goes on from its checkpoint
-    out, _ = rerun.communicate(timeout=300)
+    out = rerun.finish()
     assert rerun.returncode == 0, out
     trials = study_of(tmp_path).get_trials()
     resumed = next(t for t in trials if t.system_attrs.get("failed_trial") == victim.number)
@@ -252,24 +249,31 @@ def test_scheduler_steps_in_any_order_and_all_at_once(tmp_path):
     cfg = write_config(tmp_path / "s.yaml", train={"epochs": 1},
                        study={"name": "tiny", "n_trials": 4, "sampler": "tpe", "pruner": "none"})
     early = launch(tmp_path, cfg, "--finalize", "--wait", "0")  # nothing set up yet: a clear error, no study
-    out, _ = early.communicate(timeout=120)
+    out = early.finish()
     assert early.returncode == 2 and "is not set up" in out and "--init-only" in out, out
 
-    joins = [launch(tmp_path, cfg, "--join", "--wait", "120") for _ in range(2)]  # before the set-up
-    time.sleep(3)
+    joins = [launch(tmp_path, cfg, "--join", "--wait", "900") for _ in range(2)]  # before the set-up
+    for join in joins:
+        join.until(lambda: "not set up yet: waiting up to" in join.output, "the joined worker to wait for the set-up")
     inits = [launch(tmp_path, cfg, "--init-only") for _ in range(2)]
     for p in inits:
-        out, _ = p.communicate(timeout=120)
+        out = p.finish()
         assert p.returncode == 0 and "set up, no trial started" in out, out
     for p in joins:
-        out, _ = p.communicate(timeout=300)
+        out = p.finish()
         assert p.returncode == 0 and "Traceback" not in out, out
     _, parents, _ = mlflow_runs(tmp_path)
     assert parents[0].info.status == "RUNNING"  # until the finish step
+    late = launch(tmp_path, cfg, "--join")  # a spare task of the array: nothing to do, and it says why
+    out = late.finish()
+    assert late.returncode == 0 and "nothing left to run, the budget is met (4/4" in out and "--finalize" in out, out
     finals = [launch(tmp_path, cfg, "--finalize") for _ in range(2)]
     for p in finals:
-        out, _ = p.communicate(timeout=120)
+        out = p.finish()
         assert p.returncode == 0 and "held-out test accuracy" in out, out
+    later = launch(tmp_path, cfg, "--join")
+    out = later.finish()
+    assert later.returncode == 0 and "nothing left to run" in out and "the study is finished" in out, out
     trials = study_of(tmp_path).get_trials()
     client, parents, children = mlflow_runs(tmp_path)
     best = assert_one_study_one_parent_one_test(tmp_path, 4, trials, children, parents)
@@ -281,9 +285,9 @@ def test_finalize_before_the_budget_is_met_touches_no_test_split(tmp_path):
     cfg = write_config(tmp_path / "s.yaml", train={"epochs": 1},
                        study={"name": "tiny", "n_trials": 2, "sampler": "random", "pruner": "none"})
     init = launch(tmp_path, cfg, "--init-only")
-    assert init.wait(timeout=120) == 0
+    assert init.exit_code() == 0
     final = launch(tmp_path, cfg, "--finalize")
-    out, _ = final.communicate(timeout=120)
+    out = final.finish()
     assert final.returncode == 4 and "the budget is not met (0/2" in out, out
     _, parents, children = mlflow_runs(tmp_path)
     assert not children and "test_accuracy" not in parents[0].data.metrics
@@ -295,14 +299,14 @@ def test_a_joined_worker_stopped_by_its_scheduler_leaves_nothing_running(tmp_pat
     later worker resumes the trial and the finish step closes the study."""
     cfg = write_config(tmp_path / "s.yaml", **SLOW,
                        study={"name": "tiny", "n_trials": 2, "sampler": "random", "pruner": "none"})
-    assert launch(tmp_path, cfg, "--init-only").wait(timeout=120) == 0
+    assert launch(tmp_path, cfg, "--init-only").exit_code() == 0
     worker = launch(tmp_path, cfg, "--join")
     try:
         # epoch 2 reported: epoch 1's checkpoint is written (a signal between a report and its checkpoint would
         # leave the retry nothing to resume from; that is a correct outcome, not the one this test is about)
-        victim = wait_for(running_trial_at_epoch(tmp_path, 2), 240, "a trial at epoch 2", worker)
+        victim = worker.until(running_trial_at_epoch(tmp_path, 2), "a trial at epoch 2")
         worker.send_signal(signal.SIGTERM)
-        out, _ = worker.communicate(timeout=120)
+        out = worker.finish()
     finally:
         worker.kill()
     assert worker.returncode == 130, out
@@ -312,13 +316,13 @@ def test_a_joined_worker_stopped_by_its_scheduler_leaves_nothing_running(tmp_pat
     assert parents[0].info.status == "KILLED" and not [c for c in children if c.info.status == "RUNNING"]
 
     again = launch(tmp_path, cfg, "--join")  # only a worker again: it queues the interrupted trial to resume
-    out, _ = again.communicate(timeout=300)
+    out = again.finish()
     assert again.returncode == 0 and "trial(s) queued to run again" in out, out
     trials = study_of(tmp_path).get_trials()
     resumed = next(t for t in trials if t.system_attrs.get("failed_trial") == victim.number)
     assert resumed.state == TrialState.COMPLETE and resumed.user_attrs["resumed_from_epoch"] >= 1
     final = launch(tmp_path, cfg, "--finalize")
-    out, _ = final.communicate(timeout=120)
+    out = final.finish()
     assert final.returncode == 0, out
     _, parents, _ = mlflow_runs(tmp_path)
     assert parents[0].info.status == "FINISHED"

@@ -5,7 +5,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -14,6 +13,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from alexnet_exp.budget import is_verdict
+from progress import until
 from servers import PASSWORD
 from slurm_cluster import start_slurm
 from sweep_helpers import write_config
@@ -32,9 +32,9 @@ def slurm(tmp_path_factory):
 def submit(cluster, servers, config, tasks, *flags):
     storage, tracking = servers[0], servers[1]
     env = {**cluster.env, "SWEEP_STORAGE": storage.replace(f":{PASSWORD}@", "@"), "PGPASSWORD": PASSWORD,
-           "MLFLOW_TRACKING_URI": tracking, "SWEEP_PYTHON": sys.executable, "SWEEP_WAIT": "120"}
+           "MLFLOW_TRACKING_URI": tracking, "SWEEP_PYTHON": sys.executable, "SWEEP_WAIT": "900"}
     out = subprocess.run([str(SUBMIT), str(config), str(tasks), *flags], cwd=cluster.workdir, env=env,
-                         capture_output=True, text=True, timeout=60, check=True).stdout
+                         capture_output=True, text=True, timeout=300, check=True).stdout
     assert "set-up job" in out
     return (cluster.workdir / "slurm-logs" / "last-submission").read_text().split()
 
@@ -58,7 +58,7 @@ def test_a_job_array_runs_the_sweep(slurm, servers):
     cfg = write_config(slurm.workdir / "array.yaml", train={"epochs": 1},
                        study={"name": "slurm-array", "n_trials": 6, "sampler": "tpe", "pruner": "none"})
     init, array, finish = submit(slurm, servers, cfg, 3)
-    states = slurm.wait_all([init, array, finish], timeout=600)
+    states = slurm.wait_all([init, array, finish])
     assert set(states.values()) == {"COMPLETED"}, (states, task_logs(slurm, array))
     logs = task_logs(slurm, array)
     assert sorted(logs) == [0, 1, 2]  # a log per task
@@ -80,19 +80,19 @@ def test_scancel_leaves_nothing_running_and_a_resubmission_resumes(slurm, server
                                                    "pruner": "none"})
     init, array, finish = submit(slurm, servers, cfg, 1)
     storage = servers[0]
-    deadline = time.monotonic() + 300
-    victim = None
-    while victim is None and time.monotonic() < deadline:
+
+    def trials_now():
         try:
-            trials = optuna.load_study(study_name="slurm-cancel", storage=storage).get_trials()
-        except KeyError:
-            trials = []
-        victim = next((t for t in trials if t.state == TrialState.RUNNING and len(t.intermediate_values) >= 1),
-                      None)
-        time.sleep(0.5)
-    assert victim is not None, slurm.jobs()
+            return optuna.load_study(study_name="slurm-cancel", storage=storage).get_trials()
+        except KeyError:  # not set up yet
+            return []
+
+    victim = until(lambda: next((t for t in trials_now() if t.state == TrialState.RUNNING
+                                 and len(t.intermediate_values) >= 1), None), "a trial past its first epoch",
+                   progress=lambda: ([(t.state, len(t.intermediate_values)) for t in trials_now()],
+                                     [(j["JobId"], j.get("JobState")) for j in slurm.jobs()]))
     slurm.run(["scancel", array])
-    states = slurm.wait_all([array, finish], timeout=120)
+    states = slurm.wait_all([array, finish])
     assert states[f"{array}_0"] == "CANCELLED"
     assert states[finish] == "FAILED"  # the finish step: budget not met, test split untouched (exit code 4)
     trials, _, parents, children = study_runs(servers, "slurm-cancel")
@@ -102,7 +102,7 @@ def test_scancel_leaves_nothing_running_and_a_resubmission_resumes(slurm, server
     assert parents[0].info.status == "KILLED" and "test_accuracy" not in parents[0].data.metrics
 
     init, array, finish = submit(slurm, servers, cfg, 1)
-    states = slurm.wait_all([init, array, finish], timeout=600)
+    states = slurm.wait_all([init, array, finish])
     assert set(states.values()) == {"COMPLETED"}, (states, task_logs(slurm, array))
     trials, _, parents, _ = study_runs(servers, "slurm-cancel")
     resumed = next(t for t in trials if t.system_attrs.get("failed_trial") == victim.number)

@@ -1,10 +1,12 @@
 import multiprocessing as mp
 
 from alexnet_exp.study_store import open_storage
+from progress import STALL_S
 
 
-def _open_when_released(url, start, results):
-    start.wait()  # all processes have imported everything: they touch the fresh database together
+def _open_when_released(url, start, ready, results):
+    ready.put(True)  # imported everything (a spawned process imports this module, hence optuna and sqlalchemy)
+    start.wait()  # all processes touch the fresh database together
     try:
         open_storage(url, heartbeat_seconds=20)
         results.put("ok")
@@ -15,17 +17,16 @@ def _open_when_released(url, start, results):
 def test_many_processes_can_open_one_fresh_storage_at_once(tmp_path):
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     ctx = mp.get_context("spawn")
-    start, results = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_open_when_released, args=(url, start, results)) for _ in range(6)]
+    start, ready, results = ctx.Event(), ctx.Queue(), ctx.Queue()
+    procs = [ctx.Process(target=_open_when_released, args=(url, start, ready, results)) for _ in range(6)]
     for p in procs:
         p.start()
-    import time
-
-    time.sleep(8)  # let every process finish importing optuna and sqlalchemy
+    for _ in procs:
+        ready.get(timeout=STALL_S)
     start.set()
-    outcomes = [results.get(timeout=120) for _ in procs]
+    outcomes = [results.get(timeout=STALL_S) for _ in procs]
     for p in procs:
-        p.join(timeout=60)
+        p.join(timeout=STALL_S)
     assert outcomes == ["ok"] * 6, outcomes
 
 
@@ -58,9 +59,9 @@ def test_a_queued_trial_is_taken_by_one_worker_only(tmp_path):
     for p in procs:
         p.start()
     for _ in procs:
-        ready.get(timeout=120)
+        ready.get(timeout=STALL_S)
     start.set()
-    taken = [n for _ in procs for n in results.get(timeout=120)]
+    taken = [n for _ in procs for n in results.get(timeout=STALL_S)]
     for p in procs:
-        p.join(timeout=60)
+        p.join(timeout=STALL_S)
     assert len(taken) == 120 and sorted(taken) == list(range(120)), sorted(n for n in set(taken) if taken.count(n) > 1)

@@ -2,39 +2,32 @@
 import json
 import os
 import signal
-import subprocess
 import sys
-import time
 
 import optuna
 from optuna.trial import TrialState
 
 from alexnet_exp.budget import is_verdict
+from progress import Launched
 from sweep_helpers import mlflow_runs, run_sweep, write_config
 
 
-def launch(tmp_path, config, *flags, env=None):
-    return subprocess.Popen(
-        [sys.executable, "-m", "alexnet_exp.sweep", str(config), "--quiet", "--tracking-uri",
-         f"sqlite:///{tmp_path / 'mlflow.db'}", *flags],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, **(env or {})})
+def launch(tmp_path, config, *flags, env=None) -> Launched:
+    return Launched([sys.executable, "-m", "alexnet_exp.sweep", str(config), "--quiet", "--tracking-uri",
+                     f"sqlite:///{tmp_path / 'mlflow.db'}", *flags],
+                    cwd=tmp_path, env={**os.environ, **(env or {})})
 
 
 def study_of(tmp_path, name="tiny"):
     return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'sweeps' / name / 'optuna.db'}")
 
 
-def wait_for(predicate, timeout, what, proc):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = predicate()
-        if found:
-            return found
-        if proc.poll() is not None:
-            raise AssertionError(f"the sweep ended (code {proc.returncode}) before {what}:\n{proc.stdout.read()}")
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
+def trial_states(tmp_path, name="tiny"):
+    """A snapshot of a study's trials (state and epochs reported), for waits that follow its progress."""
+    try:
+        return [(t.number, t.state, len(t.intermediate_values)) for t in study_of(tmp_path, name).get_trials()]
+    except Exception:  # not created yet, or the database being written
+        return None
 
 
 def running_trial_at_epoch_in(storage, name, epoch):
@@ -75,7 +68,7 @@ def test_four_local_workers_share_one_budget(tmp_path):
     cfg = write_config(tmp_path / "s.yaml", study={"name": "tiny", "n_trials": 8, "sampler": "random",
                                                    "pruner": "none"})
     proc = launch(tmp_path, cfg, "--workers", "4")
-    out, _ = proc.communicate(timeout=300)
+    out = proc.finish()
     assert proc.returncode == 0, out
     assert "database is locked" not in out
     assert "started 4 workers" in out
@@ -117,9 +110,9 @@ def test_killed_worker_trial_is_retried_from_its_checkpoint(tmp_path):
                               "heartbeat_seconds": 2})
     proc = launch(tmp_path, cfg, "--workers", "2")
     try:
-        victim = wait_for(running_trial_at_epoch(tmp_path, 2), 240, "a trial at epoch 2", proc)
+        victim = proc.until(running_trial_at_epoch(tmp_path, 2), "a trial at epoch 2")
         os.kill(victim.user_attrs["worker_pid"], signal.SIGKILL)
-        out, _ = proc.communicate(timeout=300)
+        out = proc.finish()
     finally:
         proc.kill()
     assert proc.returncode == 0, out
@@ -147,9 +140,9 @@ def test_sigterm_on_the_launcher_fails_running_trials_and_a_rerun_resumes(tmp_pa
                        study={"name": "tiny", "n_trials": 3, "sampler": "random", "pruner": "none"})
     proc = launch(tmp_path, cfg, "--workers", "2")
     try:
-        wait_for(running_trial_at_epoch(tmp_path, 1), 240, "a trial at epoch 1", proc)
+        proc.until(running_trial_at_epoch(tmp_path, 1), "a trial at epoch 1")
         proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=120)
+        out = proc.finish()
     finally:
         proc.kill()
     assert proc.returncode == 130, out
@@ -162,7 +155,7 @@ def test_sigterm_on_the_launcher_fails_running_trials_and_a_rerun_resumes(tmp_pa
     assert parents[0].info.status == "KILLED"
 
     rerun = launch(tmp_path, cfg)
-    out, _ = rerun.communicate(timeout=300)
+    out = rerun.finish()
     assert rerun.returncode == 0, out
     assert "trial(s) queued to run again" in out
     trials, _ = assert_consistent(tmp_path, 3)
@@ -184,3 +177,18 @@ def test_unreachable_storage_or_tracking_server_is_a_clear_error_before_training
     err = capsys.readouterr().err
     assert code == 2 and "cannot reach the MLflow tracking server at http://127.0.0.1:9" in err
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_worker_waiting_on_the_last_trials_of_others_says_why_once(monkeypatch, capsys):
+    """A worker idle while other workers run the budget's last trials printed nothing: a scheduler's log
+    showed a task doing nothing for an hour, with no reason."""
+    from alexnet_exp import workers
+
+    monkeypatch.setattr(workers, "POLL_SECONDS", 0.01)
+    study = optuna.create_study()
+    counts = iter([(1, 1)] * 5 + [(2, 0)])  # one finished, the last one running elsewhere; then it finishes
+    why = workers.run_trials(study, lambda trial: 0.0, 2, None, after_trial=lambda s, t: None, max_errors=3,
+                             count=lambda s: next(counts))
+    assert why == "budget" and study.trials == []  # it sampled nothing over the budget
+    out = capsys.readouterr().out
+    assert out.count("waiting: the last 1 trial(s) of the budget run in other workers") == 1, out
