@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -30,13 +31,22 @@ class ColorStats:
     eigvecs: torch.Tensor  # (3, 3), columns are eigenvectors
 
 
-def color_stats(images: torch.Tensor, chunk: int = 4096) -> ColorStats:
-    """Mean, std and RGB principal components of uint8 images (N, 3, H, W), accumulated in float64 chunks."""
+STATS_MAX_IMAGES = 50_000  # more adds nothing to 3 means and a 3x3 covariance, and ImageNet has 1.28M
+
+
+def color_stats(images, max_images: int = STATS_MAX_IMAGES) -> ColorStats:
+    """Mean, std and RGB principal components of uint8 images (N, 3, H, W), accumulated in float64 chunks of
+    about 16M values (128 MB); over `max_images` evenly spaced images when there are more (resident or
+    streamed alike: the same stats)."""
+    n = len(images)
+    chunk = max(1, (1 << 24) // max(1, int(np.prod(images.shape[1:]))))
+    picked = None if n <= max_images else torch.linspace(0, n - 1, max_images).round().long()
     total = torch.zeros(3, dtype=torch.float64, device=images.device)
     outer = torch.zeros(3, 3, dtype=torch.float64, device=images.device)
     count = 0
-    for start in range(0, len(images), chunk):
-        px = images[start:start + chunk].to(torch.float64).div_(255).permute(1, 0, 2, 3).reshape(3, -1)
+    for start in range(0, n if picked is None else len(picked), chunk):
+        batch = images[start:start + chunk] if picked is None else images[picked[start:start + chunk]]
+        px = batch.to(torch.float64).div_(255).permute(1, 0, 2, 3).reshape(3, -1)
         total += px.sum(dim=1)
         outer += px @ px.T
         count += px.shape[1]
@@ -59,6 +69,31 @@ def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) 
     cols = (torch.arange(w, device=images.device)[None] + dx[:, None])[:, None, :]  # (B, 1, W)
     batch = torch.arange(b, device=images.device)[:, None, None]
     return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
+
+
+def random_sized_crop(images: torch.Tensor, side: int, generator: torch.Generator) -> torch.Tensor:
+    """A `side` x `side` crop at an independent offset per image, no padding: the paper's 224 of 256."""
+    b, _, h, w = images.shape
+    dy = torch.randint(0, h - side + 1, (b,), device=images.device, generator=generator)
+    dx = torch.randint(0, w - side + 1, (b,), device=images.device, generator=generator)
+    rows = (torch.arange(side, device=images.device)[None] + dy[:, None])[:, :, None]
+    cols = (torch.arange(side, device=images.device)[None] + dx[:, None])[:, None, :]
+    batch = torch.arange(b, device=images.device)[:, None, None]
+    return images.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
+
+
+def center_crop(images: torch.Tensor, side: int) -> torch.Tensor:
+    h, w = images.shape[-2:]
+    top, left = (h - side) // 2, (w - side) // 2
+    return images[..., top:top + side, left:left + side]
+
+
+def ten_crops(images: torch.Tensor, side: int) -> list[torch.Tensor]:
+    """The paper's test-time views: the four corner crops and the central one, and their mirror images."""
+    h, w = images.shape[-2:]
+    corners = [images[..., :side, :side], images[..., :side, w - side:], images[..., h - side:, :side],
+               images[..., h - side:, w - side:], center_crop(images, side)]
+    return corners + [c.flip(-1) for c in corners]
 
 
 def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -86,7 +121,12 @@ class BatchAugmenter:
     """Turns uint8 batches into model inputs: augmented for training, resized and normalised only for eval."""
 
     def __init__(self, *, stats: ColorStats, input_size: int, crop_padding: int = 4, flip: bool = True,
-                 pca_sigma: float = 0.0, normalize: str = "dataset", pre_resize: Optional[int] = None):
+                 pca_sigma: float = 0.0, normalize: str = "dataset", pre_resize: Optional[int] = None,
+                 crop_size: Optional[int] = None, ten_crop: bool = False):
+        """`crop_size`: train on random crops of that side (no padding), evaluate on the central one, or with
+        `ten_crop` on the paper's ten views; None: the padded crop (`crop_padding`) at the stored side."""
+        if ten_crop and crop_size is None:
+            raise ValueError("ten_crop needs a crop_size smaller than the stored images")
         if normalize not in NORMALIZATIONS:
             raise ValueError(f"normalize={normalize!r}; valid: {', '.join(NORMALIZATIONS)}")
         self.stats = stats
@@ -96,6 +136,8 @@ class BatchAugmenter:
         self.pca_sigma = pca_sigma
         self.normalize = normalize
         self.pre_resize = pre_resize
+        self.crop_size = crop_size
+        self.ten_crop = ten_crop
         if normalize == "dataset":
             mean, std = stats.mean, stats.std
         elif normalize == "imagenet":
@@ -116,7 +158,9 @@ class BatchAugmenter:
         return x
 
     def train(self, images: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
-        if self.crop_padding:
+        if self.crop_size is not None:
+            images = random_sized_crop(images, self.crop_size, generator)
+        elif self.crop_padding:
             images = random_crop(images, self.crop_padding, generator)
         if self.flip:
             images = random_flip(images, generator)
@@ -126,4 +170,13 @@ class BatchAugmenter:
         return self._finish(x)
 
     def eval(self, images: torch.Tensor) -> torch.Tensor:
+        """The one view evaluated without `ten_crop`: the central crop, or the whole stored image."""
+        if self.crop_size is not None:
+            images = center_crop(images, self.crop_size)
         return self._finish(images.float().div_(255))
+
+    def eval_views(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Every view whose predictions evaluation averages: ten with `ten_crop`, else the one of `eval`."""
+        if not self.ten_crop:
+            return [self.eval(images)]
+        return [self._finish(view.float().div_(255)) for view in ten_crops(images, self.crop_size)]

@@ -1,5 +1,7 @@
 """`python -m alexnet_exp.bench`: throughput of this project's pipeline against the documents' pipeline
-(`python -m alexnet_exp.bench search`: the search's quality against random search, search_bench.py).
+(`python -m alexnet_exp.bench search`: the search's quality against random search, search_bench.py;
+`python -m alexnet_exp.bench images`: a folder of JPEGs decoded, then trained resident and streamed,
+image_bench.py).
 
 Measured in one run on one device, on synthetic data of CIFAR's shape (throughput does not depend on content):
 (a) this project: uint8 images on the device, per-image augmentation as batched tensor ops, resize per batch,
@@ -253,9 +255,14 @@ def main(argv: list[str] | None = None) -> int:
         from .search_bench import main as search_main
 
         return search_main(argv[1:])
+    if argv[:1] == ["images"]:  # a folder of JPEGs: decoding, resident against streamed (image_bench.py)
+        from .image_bench import main as images_main
+
+        return images_main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m alexnet_exp.bench", description=__doc__.splitlines()[0],
                                 epilog="python -m alexnet_exp.bench search --help: random search against the "
-                                       "shipped search at equal compute")
+                                       "shipped search at equal compute; python -m alexnet_exp.bench images "
+                                       "--help: a folder of JPEGs, decoded and trained")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     p.add_argument("--images", type=int, help="images per measurement (default: 50,000 on CUDA, 2,560 on CPU)")
     p.add_argument("--compile", action="store_true", help="also measure torch.compile (CUDA)")

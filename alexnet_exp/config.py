@@ -52,8 +52,10 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    dataset: Literal["cifar10", "cifar100", "synthetic", "digits", "glyphs"] = "synthetic"
-    root: str = "data"  # folder holding cifar-10-batches-py/, cifar-100-python/ or their .tar.gz
+    dataset: Literal["cifar10", "cifar100", "synthetic", "digits", "glyphs", "imagefolder"] = "synthetic"
+    # cifar: the folder holding cifar-10-batches-py/, cifar-100-python/ or their .tar.gz; imagefolder: the
+    # folder of class folders (root/<class>/<image>), or of train/ with optional val/ and test/ beside it
+    root: str = "data"
     download: bool = True  # fetch CIFAR with torchvision's downloader when missing
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)  # share of the training set held out for validation
     split_seed: int = 0  # seed of the stratified train/validation split
@@ -65,6 +67,21 @@ class DataConfig(_Section):
     glyph_classes: int = Field(100, ge=2, le=100)  # glyphs only: number of classes (characters)
     glyph_train_per_class: int = Field(500, ge=2)  # glyphs only: images per class before the validation split
     glyph_test_per_class: int = Field(100, ge=1)  # glyphs only: held-out test images per class (other fonts)
+    # imagefolder only: the side of the stored squares (shorter side resized to it, central square kept; the
+    # paper: 256); the cache holds N x 3 x image_size^2 bytes
+    image_size: int = Field(256, ge=16, le=1024)
+    # imagefolder only: where the decoded cache goes (default: root/.alexnet_cache; the image folder may be read-only)
+    image_cache_dir: Optional[str] = None
+    # imagefolder only: a file that is not a readable image fails the build listing them all (error), or is left
+    # out and counted (skip)
+    bad_images: Literal["error", "skip"] = "error"
+    # imagefolder without a test/ folder: the share of the images held out as the test split (stratified, with a
+    # fixed seed, so every sweep on the folder tests on the same images)
+    test_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    # imagefolder only: the most GB of decoded images kept in the training device's memory; a larger cache is
+    # streamed from its memory map (prefetched batches, bounded host memory). null: half the GPU's memory (half
+    # the available RAM on the CPU); 0: always stream
+    resident_gb: Optional[float] = Field(None, ge=0.0)
 
 
 class ModelConfig(_Section):
@@ -95,6 +112,30 @@ class AugmentConfig(_Section):
     input_size: Optional[int] = Field(None, ge=16, le=512)  # resize target; default: the architecture's own
     # resize to this side first, then to the input size (train and eval): the notebook's Resize(230), Resize(227)
     pre_resize: Optional[int] = Field(None, ge=16, le=512)
+    # random crops of this side from the stored images, no padding (the paper: 224 of 256; crop_padding unused),
+    # resized to the input size; evaluation on the central crop. null: the padded crop at the stored side
+    crop_size: Optional[int] = Field(None, ge=8, le=1024)
+    # evaluation (validation and test) on the paper's ten views: four corner crops and the central one of
+    # crop_size, and their mirror images, softmax averaged. Ten times the evaluation cost
+    ten_crop: bool = False
+
+    # crop: false trains and evaluates on whole images, whatever crop_size and ten_crop say
+    @property
+    def eval_crop_size(self) -> Optional[int]:
+        return self.crop_size if self.crop else None
+
+    @property
+    def ten_crop_on(self) -> bool:
+        return self.ten_crop and self.eval_crop_size is not None
+
+    @property
+    def evaluation(self) -> str:
+        """How validation and test figures are made, in words (the runs' `evaluation` tag, the report)."""
+        if self.ten_crop_on:
+            return f"ten crops of {self.crop_size} px (corners, centre, mirrored), softmax averaged"
+        if self.eval_crop_size is not None:
+            return f"the central crop of {self.crop_size} px"
+        return "whole images"
 
 
 _Optimizer = Literal[OPTIMIZERS]  # type: ignore[valid-type]
@@ -507,6 +548,7 @@ def _check_combinations(config: RunConfig) -> list[str]:
             if problem:
                 where = "space.augment.input_size" if "augment.input_size" in config.space else "augment.input_size"
                 errors.append(f"{where}: {problem}")
+    errors += _crop_problems(config)
     for i, baseline in enumerate(config.baselines):
         arch = baseline.get("model.arch", config.model.arch)
         size = baseline.get("augment.input_size", config.augment.input_size)
@@ -515,6 +557,23 @@ def _check_combinations(config: RunConfig) -> list[str]:
             errors.append(f"baselines[{i}]: {problem}")
         errors += _baseline_scale_problems(i, baseline, config)
     return errors + _warmup_problems(config)
+
+
+STORED_SIDE = 32  # every dataset but imagefolder is stored at 32 x 32 (imagefolder: data.image_size)
+
+
+def _crop_problems(config: RunConfig) -> list[str]:
+    sides = _values_of(config, "data.image_size") if config.data.dataset == "imagefolder" else [STORED_SIDE]
+    errors = []
+    for crop in _values_of(config, "augment.crop_size"):
+        if crop is not None and crop > min(sides):
+            errors.append(f"augment.crop_size: {crop} px crops cannot be cut from {min(sides)} px images "
+                          f"({'data.image_size' if config.data.dataset == 'imagefolder' else config.data.dataset}); "
+                          f"use at most {min(sides)}")
+    if True in _values_of(config, "augment.ten_crop") and None in _values_of(config, "augment.crop_size"):
+        errors.append("augment.ten_crop: needs augment.crop_size (the side of the ten crops), smaller than the "
+                      "stored images")
+    return errors
 
 
 def _baseline_scale_problems(i: int, baseline: dict[str, Any], config: RunConfig) -> list[str]:

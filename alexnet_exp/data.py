@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import math
 import pickle
+import sys
 import tarfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -276,10 +277,46 @@ def _load_digits():
     return (x[train_idx], y[train_idx]), (x[test_idx], y[test_idx]), [str(d) for d in range(10)]
 
 
+# The test split carved from an image folder without test/: fixed, so that every sweep on the folder (whatever
+# its data.split_seed) is tested on the same images, and no validation split ever overlaps it.
+FOLDER_TEST_SEED = 2012
+
+
+def _load_image_folder(root: str, image_size: int, cache_dir: Optional[str], bad_images: str,
+                       test_fraction: float):
+    """(train pool, explicit validation split or None, test split, class names) of a folder of images."""
+    from .imagefolder import FolderError, load_folder_cache
+
+    try:
+        cache = load_folder_cache(root, image_size, cache_dir=cache_dir, bad_images=bad_images)
+    except FolderError as exc:
+        raise DataError(str(exc)) from None
+    if cache.bad:
+        print(f"warning: {len(cache.bad)} unreadable image(s) in {root} left out (data.bad_images: skip), e.g. "
+              f"{cache.bad[0][0]}: {cache.bad[0][1]}", file=sys.stderr, flush=True)
+
+    def rows(split):
+        r = cache.splits.get(split)
+        return None if r is None else (cache.images, r, cache.labels[r])
+
+    train, val, test = rows("train"), rows("val"), rows("test")
+    if test is None:
+        keep, held = stratified_split(train[2], max(1, round(len(train[2]) * test_fraction)), FOLDER_TEST_SEED)
+        test = (cache.images, train[1][held], train[2][held])
+        train = (cache.images, train[1][keep], train[2][keep])
+    for name, split in (("training", train), ("validation", val), ("test", test)):
+        if split is not None and len(split[1]) == 0:
+            raise DataError(f"{root}: no readable image left in the {name} split")
+    return train, val, test, cache.class_names
+
+
 def load_dataset(dataset: str, *, root: str = "data", download: bool = True, val_fraction: float = 0.1,
                  split_seed: int = 0, max_train: Optional[int] = None, max_val: Optional[int] = None,
                  synthetic_classes: int = 10, synthetic_train_size: int = 5000, synthetic_test_size: int = 1000,
                  glyph_classes: int = 100, glyph_train_per_class: int = 500, glyph_test_per_class: int = 100,
+                 image_size: int = 256, image_cache_dir: Optional[str] = None, bad_images: str = "error",
+                 test_fraction: float = 0.1, resident_gb: Optional[float] = None,
+                 device: torch.device = torch.device("cpu"),
                  checksums: Optional[dict[str, Optional[str]]] = None) -> ImageData:
     """Load a dataset on the CPU (call `.to(device)` to move it) with its validation split. The defaults are
     the `data:` section's (config.py); `pipeline.dataset_kwargs` passes every one of them from the config.
@@ -300,11 +337,50 @@ def load_dataset(dataset: str, *, root: str = "data", download: bool = True, val
         from .glyphs import load_glyphs  # imported here: glyphs.py imports DataError from this module
 
         (tx, ty), (sx, sy), names = load_glyphs(glyph_classes, glyph_train_per_class, glyph_test_per_class)
+    elif dataset == "imagefolder":
+        from .streaming import resident_budget
+
+        return _folder_data(root, image_size, image_cache_dir, bad_images, test_fraction, val_fraction, split_seed,
+                            max_train, max_val, resident_budget(device, resident_gb))
     else:
-        raise DataError(f"unknown dataset {dataset!r}; valid: cifar10, cifar100, synthetic, digits, glyphs")
+        raise DataError(f"unknown dataset {dataset!r}; valid: cifar10, cifar100, synthetic, digits, glyphs, "
+                        f"imagefolder")
     keep, held = stratified_split(ty, max(1, round(len(ty) * val_fraction)), split_seed)
     train_x, train_y = _subset(tx[keep], ty[keep], max_train, split_seed)
     val_x, val_y = _subset(tx[held], ty[held], max_val, split_seed)
     as_t = torch.from_numpy
     return ImageData(dataset, names, as_t(np.ascontiguousarray(train_x)), as_t(train_y),
                      as_t(np.ascontiguousarray(val_x)), as_t(val_y), as_t(np.ascontiguousarray(sx)), as_t(sy))
+
+
+def _folder_data(root, image_size, cache_dir, bad_images, test_fraction, val_fraction, split_seed, max_train,
+                 max_val, resident_bytes: int) -> ImageData:
+    """The splits of an image folder, read from its cache into memory, or streamed from it when they are more
+    than `resident_bytes`."""
+    (images, train_rows, train_y), val, (_, test_rows, test_y), names = _load_image_folder(
+        root, image_size, cache_dir, bad_images, test_fraction)
+    if val is None:
+        keep, held = stratified_split(train_y, max(1, round(len(train_y) * val_fraction)), split_seed)
+        val_rows, val_y = train_rows[held], train_y[held]
+        train_rows, train_y = train_rows[keep], train_y[keep]
+    else:
+        _, val_rows, val_y = val
+    train_rows, train_y = _subset(train_rows, train_y, max_train, split_seed)
+    val_rows, val_y = _subset(val_rows, val_y, max_val, split_seed)
+
+    from .streaming import StreamedImages
+
+    stream = sum(len(r) for r in (train_rows, val_rows, test_rows)) * int(np.prod(images.shape[1:])) > resident_bytes
+    if stream:
+        print(f"images streamed from {root}'s cache ({len(train_rows)} training images over the "
+              f"{resident_bytes / 1e9:.1f} GB kept in the device's memory; data.resident_gb)", file=sys.stderr)
+
+    def split(rows, labels):
+        order = np.argsort(rows, kind="stable")  # the memory map read front to back
+        rows, labels = rows[order], torch.from_numpy(labels[order])
+        if stream:
+            return StreamedImages(images, rows), labels
+        return torch.from_numpy(np.ascontiguousarray(images[rows])), labels
+
+    return ImageData("imagefolder", names, *split(train_rows, train_y), *split(val_rows, val_y),
+                     *split(test_rows, test_y))

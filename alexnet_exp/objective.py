@@ -240,7 +240,7 @@ def _run_trial(trial: optuna.Trial, ctx: TrialContext, n_trials: int) -> float:
         return _fail(trial, ctx, run_id, names.INVALID, "; ".join(invalid.errors))
     if names.REPORTED in trial.user_attrs:  # a replay trains every epoch its document trained, a dead run too
         config = config.with_values({"train.stall_epochs": config.train.epochs + 1})
-    tags.update(dataset=config.data.dataset, model=config.model.arch)
+    tags.update(dataset=config.data.dataset, model=config.model.arch, evaluation=config.augment.evaluation)
     run_id = None
     try:
         run_id = ctx.tracker.start_trial(ctx.parent_run_id, f"trial-{trial.number}", config.flat(), tags)

@@ -27,7 +27,9 @@ def dataset_kwargs(cfg: DataConfig) -> dict:
                 split_seed=cfg.split_seed, max_train=cfg.max_train, max_val=cfg.max_val,
                 synthetic_classes=cfg.synthetic_classes, synthetic_train_size=cfg.synthetic_train_size,
                 synthetic_test_size=cfg.synthetic_test_size, glyph_classes=cfg.glyph_classes,
-                glyph_train_per_class=cfg.glyph_train_per_class, glyph_test_per_class=cfg.glyph_test_per_class)
+                glyph_train_per_class=cfg.glyph_train_per_class, glyph_test_per_class=cfg.glyph_test_per_class,
+                image_size=cfg.image_size, image_cache_dir=cfg.image_cache_dir, bad_images=cfg.bad_images,
+                test_fraction=cfg.test_fraction, resident_gb=cfg.resident_gb)
 
 
 # Keys of the `train:` section that reach `fit` through the value they resolve (config.py, rates.py).
@@ -56,7 +58,7 @@ class DataCache:
 
     def get(self, cfg: DataConfig) -> tuple[ImageData, ColorStats]:
         if cfg not in self._cache:
-            data = load_dataset(**dataset_kwargs(cfg)).to(self.device)
+            data = load_dataset(**dataset_kwargs(cfg), device=self.device).to(self.device)
             self._cache[cfg] = (data, color_stats(data.train_x))
         return self._cache[cfg]
 
@@ -68,7 +70,7 @@ def input_size(model_cfg: ModelConfig, augment_cfg: AugmentConfig) -> int:
 def make_augmenter(cfg: AugmentConfig, stats: ColorStats, size: int) -> BatchAugmenter:
     return BatchAugmenter(stats=stats, input_size=size, crop_padding=cfg.crop_padding if cfg.crop else 0,
                           flip=cfg.flip, pca_sigma=cfg.pca_color, normalize=cfg.normalize,
-                          pre_resize=cfg.pre_resize)
+                          pre_resize=cfg.pre_resize, crop_size=cfg.eval_crop_size, ten_crop=cfg.ten_crop_on)
 
 
 def make_model(cfg: ModelConfig, num_classes: int, size: int, seed: int,

@@ -72,3 +72,21 @@ def test_a_trial_that_ended_diverged_counts_the_epoch_it_trained():
         pruned.report(0.1, epoch)
     study.tell(pruned, state=optuna.trial.TrialState.PRUNED)
     assert [epochs_trained(t) for t in study.trials] == [2, 3]
+
+
+def test_image_benchmark_decodes_jpegs_and_trains_resident_and_streamed(tmp_path):
+    """`python -m alexnet_exp.bench images`, tiny: real JPEGs decoded into the cache, the same training from it
+    resident and streamed, and the documents' ImageFolder pipeline on the same files."""
+    import json
+
+    from alexnet_exp import bench
+
+    assert bench.main(["images", "--device", "cpu", "--photos", "24", "--arch", "alexnet_cifar", "--width",
+                       "0.25", "--out", str(tmp_path)]) == 0
+    (found,) = tmp_path.glob("bench-images-cpu-*.json")
+    result = json.loads(found.read_text())
+    assert result["photos"] == 24 and result["jpeg_kb_mean"] > 5  # photo-like files, not flat ones
+    assert result["decode_img_s_one_process"] > 0 and result["decode_img_s_all_cores"] > 0
+    assert not result["resident"]["streamed"] and result["streamed"]["streamed"]
+    assert result["resident"]["train_img_s"] > 0 and result["documents_train_img_s"] > 0
+    assert result["streamed_over_resident"] == result["streamed"]["train_img_s"] / result["resident"]["train_img_s"]

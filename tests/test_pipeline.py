@@ -55,3 +55,5 @@ def test_inner_defaults_are_the_configs():
     assert aug_params["flip"].default == augment.flip
     assert aug_params["pca_sigma"].default == augment.pca_color
     assert aug_params["normalize"].default == augment.normalize
+    assert aug_params["crop_size"].default == augment.eval_crop_size
+    assert aug_params["ten_crop"].default == augment.ten_crop_on

@@ -66,6 +66,8 @@ def _header(data: StudyData) -> list[Block]:
         lines.append(f"**Best trial {best.number}**{f' ({what})' if what else ''}: "
                      f"{data.metric} {best.value:.4f}{curves}.{test}")
         lines.append("Parameters: " + ", ".join(f"`{k}={_fmt(v)}`" for k, v in best.values.items()))
+        if best.config is not None:  # a space may sample the crops: the best trial's own evaluation
+            lines.append(f"Validation and test figures of this trial: {best.config.augment.evaluation}.")
     env = data.environment
     if env:
         lines.append(f"Command: `{env.get('command', '?')}`\nGit commit {env.get('git_commit', '?')}, device "

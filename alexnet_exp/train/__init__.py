@@ -23,6 +23,7 @@ from ..augment import BatchAugmenter
 from ..host_memory import keep_freed_memory
 from ..metrics import PerClass, accuracy, confusion_matrix, macro_f1, per_class
 from ..stopping import explosion, stall_count
+from ..streaming import epoch_batches
 from .optim import Schedule, make_optimizer
 
 
@@ -139,14 +140,20 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, augme
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     channels_last = _channels_last(device)
     for start in range(0, len(labels), batch_size):
-        x = augmenter.eval(images[start:start + batch_size])
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        views = augmenter.eval_views(images[start:start + batch_size])
         y = labels[start:start + batch_size]
-        with _autocast(device):
-            logits = model(x)
-        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
-        confusion += confusion_matrix(y, logits.argmax(dim=1), num_classes)
+        log_probs = []
+        for x in views:
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with _autocast(device):
+                log_probs.append(F.log_softmax(model(x).float(), dim=1))
+        # Several views (ten_crop): the mean of their softmax is the prediction, as in the paper; one view: its
+        # own log-softmax (the same loss as cross-entropy on the logits).
+        log_p = log_probs[0] if len(log_probs) == 1 else torch.logsumexp(torch.stack(log_probs), 0) - math.log(
+            len(log_probs))
+        loss_sum += F.nll_loss(log_p, y, reduction="sum")
+        confusion += confusion_matrix(y, log_p.argmax(dim=1), num_classes)
     n = max(len(labels), 1)
     cm = confusion.cpu()
     return EvalResult(float(loss_sum) / n, accuracy(cm), macro_f1(cm), cm, per_class(cm))
@@ -177,9 +184,9 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, schedule
     order = torch.randperm(n, device=device, generator=generator)
     loss_sum = torch.zeros((), dtype=torch.float32, device=device)
     sampled: list[tuple[int, torch.Tensor]] = []
-    for step in range(steps):
+    for step, batch in enumerate(epoch_batches(images, order, batch_size, steps)):
         idx = order[step * batch_size:(step + 1) * batch_size]
-        x = augmenter.train(images[idx], generator)
+        x = augmenter.train(batch, generator)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with _autocast(device):
