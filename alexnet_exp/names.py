@@ -36,6 +36,7 @@ SPACE = "space"  # the space's signature, to refuse a resume with another space
 FIXED_VALUES = "fixed"  # the fixed values' signature
 CONFIG = "config"  # the resolved config as YAML, secrets redacted
 PARENT_RUN_ID = "mlflow_parent_run_id"
+MLFLOW_LINK = "mlflow_parent_run"  # the parent run's page in the MLflow UI (study user attribute)
 BASELINES_ENQUEUED = "baselines_enqueued"
 TEST_EVALUATED_TRIAL = "test_evaluated_trial"
 TEST_METRICS = "test_metrics"

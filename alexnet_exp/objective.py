@@ -268,6 +268,7 @@ def _train_and_record(trial: optuna.Trial, ctx: TrialContext, config: RunConfig,
         ctx.tracker.set_tags(run_id, {names.CHECKPOINT_DISCARDED: "; ".join(moved_aside)})
     if resume is not None:
         trial.set_user_attr(names.RESUMED_FROM_EPOCH, resume["epoch"])
+        ctx.progress.trial_resumed(trial.number, resume["epoch"], "from the checkpoint its earlier try left")
         for m in resume["history"]:  # the epochs already trained, so this run's curves are whole
             _log_epoch(ctx, run_id, EpochMetrics(**m))
     logged_epochs = resume["epoch"] if resume is not None else 0

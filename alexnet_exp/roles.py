@@ -85,14 +85,16 @@ def _ensure_parent_run(study: optuna.Study, tracker: Tracker, config: RunConfig,
     parent_id = study.user_attrs.get(names.PARENT_RUN_ID)
     if tracker.run_exists(parent_id):
         tracker.reopen(parent_id)
-        return parent_id
-    s = config.study
-    parent_id = tracker.start_parent(s.name, {"study": s.name, "sampler": s.sampler, "pruner": s.pruner,
-                                              "metric": s.metric, "direction": s.direction,
-                                              "storage": redact_url(storage_url), "dataset": config.data.dataset,
-                                              "model": config.model.arch})
-    study.set_user_attr(names.PARENT_RUN_ID, parent_id)
-    tracker.log_text(parent_id, dump_config(config), names.CONFIG_ARTIFACT)
+    else:
+        s = config.study
+        parent_id = tracker.start_parent(s.name, {"study": s.name, "sampler": s.sampler, "pruner": s.pruner,
+                                                  "metric": s.metric, "direction": s.direction,
+                                                  "storage": redact_url(storage_url),
+                                                  "dataset": config.data.dataset, "model": config.model.arch})
+        study.set_user_attr(names.PARENT_RUN_ID, parent_id)
+        tracker.log_text(parent_id, dump_config(config), names.CONFIG_ARTIFACT)
+    # optuna-dashboard shows user attributes: a link from the study to its runs in MLflow
+    study.set_user_attr(names.MLFLOW_LINK, tracker.run_link(parent_id))
     return parent_id
 
 

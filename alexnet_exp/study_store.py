@@ -173,6 +173,9 @@ def open_study(config: RunConfig, storage, sampler, pruner) -> optuna.Study:
         study.set_user_attr(names.SPACE, space_signature(config.space))
         study.set_user_attr(names.FIXED_VALUES, json.dumps(fixed_signature(config), sort_keys=True))
         study.set_user_attr(names.CONFIG, dump_config(config))
+        with warnings.catch_warnings():  # experimental in Optuna 5; optuna-dashboard shows "Objective 0" without it
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([s.metric])
         study.set_user_attr(names.METRIC, s.metric)  # last: its presence says the others are there
         return study
     problems = []

@@ -208,6 +208,10 @@ class Tracker:
         host = redact_url(self.tracking_uri).rstrip("/") if self.is_server else "http://127.0.0.1:5000"
         return f"{host}/#/experiments/{self.experiment_id}/runs"
 
+    def run_link(self, run_id: str) -> str:
+        """A run's own page in the MLflow UI (on the server, or under `mlflow ui` in the store's folder)."""
+        return f"{self.ui_link()}/{run_id}"
+
     # ---- runs ---------------------------------------------------------------------------------------------
 
     def run_exists(self, run_id: Optional[str]) -> bool:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from progress import Launched
+from waits import Launched
 
 PASSWORD = "pg-s3cret"
 

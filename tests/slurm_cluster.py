@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pytest
 
-from progress import until
+from waits import until
 
 INSTALL_HINT = "apt-get install slurm-wlm munge"
 REQUIRED = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel", "sinfo")
@@ -137,7 +137,7 @@ class SlurmCluster:
         states, e.g. ``{"5_0": "COMPLETED", "5_1": "FAILED", "6": "CANCELLED"}``. A job left pending
         because its dependency can never be satisfied counts as final, as ``"PENDING:DependencyNeverSatisfied"``
         only with ``kill_invalid_depend=False``; by default Slurm cancels such jobs (state ``CANCELLED``).
-        Fails only when neither a job's state nor its log has moved for ``stall`` seconds (progress.STALL_S)."""
+        Fails only when neither a job's state nor its log has moved for ``stall`` seconds (waits.STALL_S)."""
         job_ids = [str(j) for j in job_ids]
         seen: dict[str, str] = {}
 

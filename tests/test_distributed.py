@@ -9,7 +9,7 @@ import optuna
 from mlflow import MlflowClient
 
 from alexnet_exp.budget import is_verdict
-from progress import Launched
+from waits import Launched
 from servers import PASSWORD, _pg_bin
 from sweep_helpers import write_config
 

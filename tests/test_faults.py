@@ -9,7 +9,7 @@ import torch
 from optuna.trial import TrialState
 
 from alexnet_exp.tracking import Tracker
-from progress import Launched, until
+from waits import Launched, until
 from sweep_helpers import mlflow_runs, run_sweep, write_config
 from test_workers import study_of
 

@@ -11,7 +11,7 @@ from PIL import Image
 from alexnet_exp.data import DataError, load_dataset
 from alexnet_exp.image_decode import decode
 from alexnet_exp.imagefolder import load_folder_cache, scan
-from progress import STALL_S
+from waits import STALL_S
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (40, 50, 230)}
 

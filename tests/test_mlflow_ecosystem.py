@@ -22,7 +22,7 @@ from mlflow.models import Model
 from alexnet_exp.config import config_from_dict
 from alexnet_exp.pipeline import DataCache, input_size, make_augmenter
 from alexnet_exp.tracking import Tracker
-from progress import Launched
+from waits import Launched
 from sweep_helpers import TINY, mlflow_runs, run_sweep, write_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -244,6 +244,10 @@ def test_optuna_dashboard_serves_a_finished_study(swept):
         status, body = get(f"{base}/api/studies/{study_id}")
         detail = json.loads(body)
         assert status == 200 and detail["name"] == "tiny"
+        stored = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp}/sweeps/tiny/optuna.db")
+        assert detail.get("objective_names") == [stored.user_attrs["metric"]], detail  # not "Objective 0"
+        shown = {a["key"]: a["value"] for a in detail["user_attrs"]}  # the study links to its MLflow runs
+        assert shown["mlflow_parent_run"].endswith(f"/runs/{stored.user_attrs['mlflow_parent_run_id']}")
         study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp}/sweeps/tiny/optuna.db")
         assert len(study.trials) == 3
         assert [t["state"] for t in detail["trials"]] == [t.state.name.capitalize() for t in study.trials]

@@ -15,7 +15,7 @@ from alexnet_exp.config import config_from_dict
 from alexnet_exp.samplers import make_sampler
 from alexnet_exp.space import suggest
 from sweep_helpers import mlflow_runs, run_sweep, write_config
-from progress import until
+from waits import until
 from test_workers import SLOW, launch, running_trial_at_epoch, study_of, trial_states
 
 SPACE = config_from_dict({"space": {

@@ -387,3 +387,30 @@ def test_a_replay_with_the_logit_relu_is_shown_beside_its_twin_without_it():
     assert _without_logit_relu(data, replay) is twin  # the complete one, though a failed twin exists
     assert _without_logit_relu(data, other) is None  # not a network with the bug
     assert _without_logit_relu(SimpleNamespace(trials=[replay, other]), replay) is None
+
+
+def test_a_parameter_with_branches_is_one_label_in_the_reports_views():
+    """`train.lr` sampled per optimiser was two parameters in every importance, slice and parallel-coordinates
+    view: "how much does the learning rate matter" had no answer."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    from alexnet_exp.report.one_label import one_label_study
+
+    study = optuna.create_study(direction="maximize")
+    sgd, adam = FloatDistribution(0.01, 0.1, log=True), FloatDistribution(1e-3, 1e-2, log=True)
+    opt = CategoricalDistribution(["sgd", "adam"])
+    for i in range(12):
+        name, lr, dist = (("sgd", 0.01 + 0.007 * i, sgd) if i % 2 else ("adam", 1e-3 + 7e-4 * i, adam))
+        branch = f"train.lr[train.optimizer={name}]"
+        study.add_trial(optuna.trial.create_trial(
+            params={"train.optimizer": name, branch: lr}, distributions={"train.optimizer": opt, branch: dist},
+            value=lr * (10 if name == "adam" else 1)))  # the objective follows the rate, whatever the optimiser
+    view = one_label_study(study)
+    assert {p for t in view.trials for p in t.params} == {"train.optimizer", "train.lr"}
+    assert view.trials[0].distributions["train.lr"] == FloatDistribution(1e-3, 0.1, log=True)
+    assert [t.params["train.lr"] for t in view.trials] == [next(iter(v for k, v in t.params.items() if "[" in k))
+                                                           for t in study.trials]
+    scores = optuna.importance.get_param_importances(
+        view, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    assert set(scores) == {"train.optimizer", "train.lr"}

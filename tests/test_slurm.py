@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from alexnet_exp.budget import is_verdict
-from progress import until
+from waits import until
 from servers import PASSWORD
 from slurm_cluster import start_slurm
 from sweep_helpers import write_config

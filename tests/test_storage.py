@@ -1,7 +1,7 @@
 import multiprocessing as mp
 
 from alexnet_exp.study_store import open_storage
-from progress import STALL_S
+from waits import STALL_S
 
 
 def _open_when_released(url, start, ready, results):

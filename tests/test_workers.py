@@ -8,7 +8,7 @@ import optuna
 from optuna.trial import TrialState
 
 from alexnet_exp.budget import is_verdict
-from progress import Launched
+from waits import Launched
 from sweep_helpers import mlflow_runs, run_sweep, write_config
 
 
@@ -192,3 +192,62 @@ def test_a_worker_waiting_on_the_last_trials_of_others_says_why_once(monkeypatch
     assert why == "budget" and study.trials == []  # it sampled nothing over the budget
     out = capsys.readouterr().out
     assert out.count("waiting: the last 1 trial(s) of the budget run in other workers") == 1, out
+
+
+class _Terminal:
+    """A stand-in stderr that says it is a terminal, so that the progress bar is drawn (into it)."""
+
+    def __init__(self):
+        import io
+
+        self.buffer = io.StringIO()
+
+    def write(self, text):
+        return self.buffer.write(text)
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return True
+
+
+def test_the_progress_bar_counts_the_budgets_epochs(monkeypatch):
+    """Counted in trials, the ETA sat still for five minutes, then jumped: it moves with every epoch now."""
+    from alexnet_exp.progress import SweepProgress
+
+    monkeypatch.setattr(sys, "stderr", _Terminal())
+    progress = SweepProgress(total=4, done=1, epochs=5, metric="val_accuracy")
+    bar = progress.bar
+    assert bar is not None and (bar.total, bar.n) == (20, 5)  # one trial of four already done
+    progress.trial_started(1, {})
+    progress.epoch(1, 1, 0.5)
+    progress.epoch(1, 2, 0.6)
+    assert bar.n == 7
+    progress.trial_finished(1, "PRUNED", None, "pruned at epoch 2", 0.6, counts=True)
+    assert bar.n == 10  # a verdict spends the trial's budget: the epochs left are not owed
+    progress.trial_started(2, {})
+    for epoch in (1, 2, 3):
+        progress.epoch(2, epoch, 0.5)
+    progress.trial_finished(2, "FAIL", None, "interrupted", 0.6, counts=False)
+    assert bar.n == 10  # no verdict: its retry counts its epochs again
+    progress.trial_started(3, {})
+    progress.trial_resumed(3, 3, "from its checkpoint")
+    assert bar.n == 13
+    progress.trial_started(4, {"train.epochs": 8})  # a baseline with its own epochs
+    assert bar.total == 23
+    progress.close()
+    assert "trial 3 resumes after epoch 3 of 5 (from its checkpoint)" in sys.stderr.buffer.getvalue()
+
+
+def test_progress_written_to_a_file_is_plain_lines(capsys):
+    from alexnet_exp.progress import SweepProgress
+
+    progress = SweepProgress(total=2, done=0, epochs=2, metric="val_accuracy")  # not --quiet: stderr is a file
+    assert progress.bar is None
+    progress.trial_started(0, {})
+    progress.epoch(0, 1, 0.5)
+    progress.trial_finished(0, "COMPLETE", 0.5, "", 0.5, counts=True)
+    progress.close()
+    out, err = capsys.readouterr()
+    assert "\r" not in out + err and "trial 0 epoch 1/2 val_accuracy=0.5000" in out

@@ -106,7 +106,9 @@ def study_report(data: StudyData, out_dir: Path, weights_root: Path = names.SWEE
     add(figures.history([data], out_dir / "history.png"),
         "Optimisation history: the objective of each trial and the best so far")
     path, why = figures.importance(data, out_dir / "importance.png")
-    add(path, "Hyperparameter importance (Optuna's fANOVA)", why or "nothing to draw yet")
+    add(path, "Hyperparameter importance (fANOVA, Optuna's FanovaImportanceEvaluator with seed 0, chosen over "
+              "Optuna 5's default PED-ANOVA for its variance shares; a parameter with branches counted once)",
+        why or "nothing to draw yet")
     complete = sum(1 for t in data.trials if t.value is not None)
     if path is not None and complete < IMPORTANCE_MIN_TRIALS:
         blocks.append(f"**Warning**: these importances rest on {complete} complete trial(s), fewer than "

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import io
 import json
 import math
@@ -20,6 +21,7 @@ from ..budget import is_verdict
 from ..config import ConfigError, RunConfig, config_from_dict, parse_yaml
 from ..repeats import config_groups, load_plan
 from ..tracking import resolve_tracking_uri
+from .one_label import one_label_study
 
 CURVES = ("train_loss", "val_loss", "val_accuracy", "val_macro_f1")
 
@@ -63,6 +65,12 @@ class StudyData:
     test_metrics: dict[str, float]
     best_number: Optional[int]
     val_images: Optional[int] = None  # size of the validation split, from a run's logged dataset input
+
+    @functools.cached_property
+    def views_study(self) -> optuna.Study:
+        """The complete trials with one label per parameter (branches merged, one_label.py): what the
+        importance, slice and parallel-coordinates views draw from."""
+        return one_label_study(self.study)
 
     @property
     def dataset(self) -> str:

@@ -22,7 +22,7 @@ SLICES_PER_FIGURE = 4  # Optuna draws one row of panels; 14 of them in one row w
 
 def sampled_params(data: StudyData) -> list[str]:
     """The sampled parameters of complete trials, in the space's order (then any the space no longer has)."""
-    found = {p for t in data.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) for p in t.params}
+    found = {p for t in data.views_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) for p in t.params}
     order = list(data.config.space) if data.config else []
     return [p for p in order if p in found] + sorted(found - set(order))
 
@@ -71,7 +71,7 @@ def parallel_coordinates(data: StudyData, path: Path) -> tuple[Optional[Path], s
     params = sampled_params(data)
     if _complete(data) < 2 or not params:
         return None, "needs 2 complete trials with sampled parameters"
-    ax = _optuna_plot(optuna.visualization.matplotlib.plot_parallel_coordinate, data.study, params=params,
+    ax = _optuna_plot(optuna.visualization.matplotlib.plot_parallel_coordinate, data.views_study, params=params,
                       target_name=data.metric)
     ax.figure.set_size_inches(max(8.0, 1.1 * len(params) + 3), 5.0)
     for label in ax.get_xticklabels():
@@ -88,7 +88,7 @@ def slices(data: StudyData, out_dir: Path) -> tuple[list[Path], str]:
     paths = []
     for i in range(0, len(params), SLICES_PER_FIGURE):
         chunk = params[i:i + SLICES_PER_FIGURE]
-        axes = _optuna_plot(optuna.visualization.matplotlib.plot_slice, data.study, params=chunk,
+        axes = _optuna_plot(optuna.visualization.matplotlib.plot_slice, data.views_study, params=chunk,
                             target_name=data.metric)
         figure = (axes if not hasattr(axes, "flat") else axes.flat[0]).figure
         figure.set_size_inches(3.6 * len(chunk) + 1.5, 4.0)

@@ -1,0 +1,68 @@
+"""One label per parameter in the report's views of a study.
+
+A space entry with branches (`train.lr` with one range for SGD and one for Adam) is sampled as one Optuna
+parameter per branch (`train.lr[train.optimizer=sgd]`, `train.lr[train.optimizer=adam]`), so that each
+branch keeps its own history in the sampler (space_params.optuna_name). Read that way, every importance,
+slice and parallel-coordinates view splits the learning rate in two, and "how much does the learning rate
+matter" has no answer. The report draws from a copy of the study, in memory, where each trial's branch
+parameter carries the entry's own name and a distribution covering every branch.
+"""
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+_BRANCH = re.compile(r"^(?P<path>[^\[\]]+)\[[^\[\]]+\]$")  # `train.lr[train.optimizer=adam|adamw]`
+
+
+def entry_name(param: str) -> str:
+    """The space entry a parameter belongs to: the path of a branch parameter, else the name itself."""
+    match = _BRANCH.match(param)
+    return match.group("path") if match else param
+
+
+def _union(a: BaseDistribution, b: BaseDistribution) -> Optional[BaseDistribution]:
+    """One distribution holding both, or None when they cannot be one axis (a range and a set of choices)."""
+    if isinstance(a, FloatDistribution) and isinstance(b, FloatDistribution):
+        return FloatDistribution(min(a.low, b.low), max(a.high, b.high), log=a.log and b.log)
+    if isinstance(a, IntDistribution) and isinstance(b, IntDistribution):
+        log = a.log and b.log
+        return IntDistribution(min(a.low, b.low), max(a.high, b.high), log=log,
+                               step=1 if log or a.step != b.step else a.step)
+    if isinstance(a, CategoricalDistribution) and isinstance(b, CategoricalDistribution):
+        return CategoricalDistribution(list(dict.fromkeys([*a.choices, *b.choices])))
+    return None
+
+
+def one_label_study(study: optuna.Study) -> optuna.Study:
+    """An in-memory copy of `study`'s complete trials with branch parameters under their entry's name."""
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    merged: dict[str, BaseDistribution] = {}
+    apart: set[str] = set()  # entries whose branches cannot share an axis keep their branch names
+    for t in trials:
+        for name, dist in t.distributions.items():
+            entry = entry_name(name)
+            if entry in apart:
+                continue
+            joined = dist if entry not in merged else _union(merged[entry], dist)
+            if joined is None:
+                apart.add(entry)
+                merged.pop(entry, None)
+            else:
+                merged[entry] = joined
+    copy = optuna.create_study(directions=[d.name.lower() for d in study.directions])
+    for t in trials:
+        params, dists = {}, {}
+        for name, value in t.params.items():
+            entry = entry_name(name)
+            label = entry if entry in merged else name
+            params[label] = value
+            dists[label] = merged[entry] if entry in merged else t.distributions[name]
+        copy.add_trial(optuna.trial.create_trial(params=params, distributions=dists, values=t.values,
+                                                 intermediate_values=t.intermediate_values,
+                                                 user_attrs=t.user_attrs))
+    return copy
