@@ -158,10 +158,13 @@ def run_worker(run: SweepStudy, cache: DataCache, run_tags: dict[str, Any], quie
             note = "; ".join(filter(None, [f"repeat of trial {trial.user_attrs[names.REPEAT_OF]}", note]))
         best = _best_value(study)
         progress.trial_finished(trial.number, trial.state.name, value, note, best, is_verdict(trial))
-        if value is not None and value == best and not is_repeat(trial):
-            # a new best: the parent's optimisation-history chart in MLflow
+        if best is not None and not is_repeat(trial):
+            # The parent's optimisation history in MLflow: the best so far at every finished trial (a step
+            # function; logged on improvement only, MLflow drew a diagonal across the failed trials between),
+            # and each trial's own value beside it.
+            points = {f"best_{s.metric}": best, **({f"trial_{s.metric}": value} if value is not None else {})}
             try:
-                run.tracker.log_metrics(run.parent_id, {f"best_{s.metric}": best}, step=trial.number)
+                run.tracker.log_metrics(run.parent_id, points, step=trial.number)
             except Exception as exc:  # a chart point is not worth a trial
                 warn("could not log the best value on the parent run", exc)
 
@@ -347,7 +350,8 @@ def evaluate_best_once(run: SweepStudy, cache: DataCache, state: TrialStateStore
         metrics.update({f"{k}_std": seed_stats([r[k] for r in results]).std for k in ("test_accuracy", "test_macro_f1")})
         metrics["test_seeds"] = len(results)
     tracker.log_metrics(run.parent_id, metrics, step=best.number)
-    tracker.log_metrics(run.parent_id, {f"best_{config.study.metric}": summary["value"]}, step=best.number)
+    # the chosen configuration's value (with repeats, the mean over its seeds): apart from the best_ history
+    tracker.log_metrics(run.parent_id, {f"chosen_{config.study.metric}": summary["value"]}, step=best.number)
     tracker.set_tags(run.parent_id, {"best_trial": best.number,
                                      "best_run_id": best.user_attrs.get(names.MLFLOW_RUN_ID) or ""})
     try:  # MLflow params cannot change: a study resumed with a larger budget and a new best keeps the first

@@ -115,7 +115,7 @@ def test_a_checkpoint_that_does_not_load_is_moved_aside_and_the_trial_restarts(t
     assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 2
 
 
-def test_a_sound_checkpoint_is_resumed(tmp_path, monkeypatch):
+def test_a_sound_checkpoint_is_resumed(tmp_path, monkeypatch, capsys):
     """The other side of the check above: an interrupted trial's own checkpoint is trusted and resumed."""
     from alexnet_exp import objective
 
@@ -129,6 +129,8 @@ def test_a_sound_checkpoint_is_resumed(tmp_path, monkeypatch):
     retry = next(t for t in study_of(tmp_path).get_trials() if t.system_attrs.get("failed_trial") == 0)
     assert retry.state == TrialState.COMPLETE and retry.user_attrs["resumed_from_epoch"] == 2
     assert "checkpoint_discarded" not in retry.user_attrs
+    # and the terminal says so: not only "started (3 epochs)"
+    assert f"trial {retry.number} resumes after epoch 2 of 3" in capsys.readouterr().out
 
 
 def _baseline_raises(monkeypatch, tries):

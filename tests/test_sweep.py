@@ -67,8 +67,12 @@ def test_smoke_sweep_end_to_end(in_tmp, capsys):
     history = sorted((m.step, m.value) for m in client.get_metric_history(parent.info.run_id, "best_val_accuracy"))
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert history[0] == (complete[0].number, complete[0].value)
-    assert all(v2 >= v1 for (_, v1), (_, v2) in zip(history, history[1:]))  # one worker: never worse
-    assert history[-1] == (study.best_trial.number, study.best_value)
+    # a step at every finished trial from the first result on (no diagonal across failed trials), never worse
+    assert [step for step, _ in history] == [t.number for t in trials if t.number >= complete[0].number]
+    assert all(v2 >= v1 for (_, v1), (_, v2) in zip(history, history[1:]))
+    assert history[-1][1] == study.best_value
+    own = sorted((m.step, m.value) for m in client.get_metric_history(parent.info.run_id, "trial_val_accuracy"))
+    assert own == [(t.number, t.value) for t in complete]  # each trial's own value beside it
     best_params = client.get_run(parent.info.run_id).data.params
     best_values = json.loads(study.best_trial.user_attrs["values"])  # dotted paths, whatever branch sampled them
     assert {k: best_params[f"best.{k}"] for k in best_values} == {k: str(v) for k, v in best_values.items()}

@@ -102,6 +102,11 @@ def test_injected_out_of_memory_fails_one_trial_and_the_sweep_goes_on(tmp_path, 
     assert "out of memory" in trials[1].user_attrs["fail_reason"]
     assert [t.state for t in trials if t.number != 1] == [TrialState.COMPLETE] * 2
     assert_consistent(tmp_path, 3)
+    # the parent's history is a step at the failed trial too, not a line drawn from trial 0 to trial 2
+    client, parents, _ = mlflow_runs(tmp_path)
+    best = client.get_metric_history(parents[0].info.run_id, "best_val_accuracy")
+    assert sorted(m.step for m in best) == [0, 1, 2]
+    assert [m.value for m in sorted(best, key=lambda m: m.step)][1] == trials[0].value
 
 
 def test_killed_worker_trial_is_retried_from_its_checkpoint(tmp_path):
