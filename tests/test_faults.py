@@ -131,6 +131,18 @@ def test_a_sound_checkpoint_is_resumed(tmp_path, monkeypatch, capsys):
     assert "checkpoint_discarded" not in retry.user_attrs
     # and the terminal says so: not only "started (3 epochs)"
     assert f"trial {retry.number} resumes after epoch 2 of 3" in capsys.readouterr().out
+    # the report counts the interrupted try apart from failures, and times the retry over both tries
+    from alexnet_exp.report.data import load_study_data
+
+    data = load_study_data("tiny", f"sqlite:///{tmp_path / 'sweeps' / 'tiny' / 'optuna.db'}",
+                           f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert data.counts() == {"COMPLETE": 2, "INTERRUPTED": 1}
+    rows = {r.number: r for r in data.trials}
+    first = study_of(tmp_path).get_trials()[0]
+    alone = (retry.datetime_complete - retry.datetime_start).total_seconds()
+    assert rows[retry.number].tries == 2
+    assert rows[retry.number].duration_s == pytest.approx(alone + rows[0].duration_s)
+    assert rows[0].duration_s == pytest.approx((first.datetime_complete - first.datetime_start).total_seconds())
 
 
 def _baseline_raises(monkeypatch, tries):

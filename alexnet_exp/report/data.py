@@ -43,6 +43,8 @@ class TrialRow:
     started: Optional[dt.datetime] = None
     completed: Optional[dt.datetime] = None
     verdict: bool = False  # finished with a result that judges its values (budget.is_verdict)
+    fail_kind: str = ""  # a FAIL trial's kind (names.FAIL_KIND): interrupted and lost ones were retried
+    tries: int = 1  # this trial and the earlier tries it retries; its duration_s is theirs together
 
     def last(self, metric: str) -> Optional[float]:
         points = self.curves.get(metric)
@@ -81,9 +83,11 @@ class StudyData:
         return self.config.model.arch if self.config else "?"
 
     def counts(self) -> dict[str, int]:
+        """Trials by state, an interrupted or lost one (its retry carries it on) apart from failures."""
         out: dict[str, int] = {}
         for t in self.trials:
-            out[t.state] = out.get(t.state, 0) + 1
+            state = t.fail_kind.upper() if t.fail_kind in (names.INTERRUPTED, names.LOST) else t.state
+            out[state] = out.get(state, 0) + 1
         return out
 
     def baselines_without_verdict(self) -> dict[str, list[str]]:
@@ -184,7 +188,15 @@ def load_study_data(name: str, storage: str, tracking_uri: Optional[str] = None)
             row.worker = f"{t.user_attrs.get(names.WORKER_HOST, '?')}:{t.user_attrs[names.WORKER_PID]}"
         row.started, row.completed = t.datetime_start, t.datetime_complete
         row.verdict = is_verdict(t)
+        row.fail_kind = t.user_attrs.get(names.FAIL_KIND, "") if t.state == TrialState.FAIL else ""
+        row.tries = 1 + len(t.system_attrs.get("retry_history") or [])
         rows.append(row)
+    # A retried trial's time is its tries' together: a resume that trained one last epoch did not take 58 s.
+    by_number = {r.number: r for r in rows}
+    for t in study.get_trials(deepcopy=False):
+        earlier = [by_number[n].duration_s for n in t.system_attrs.get("retry_history") or [] if n in by_number]
+        if earlier and by_number[t.number].duration_s is not None:
+            by_number[t.number].duration_s += sum(d for d in earlier if d is not None)
     complete = [r for r in rows if r.state == "COMPLETE" and r.value is not None and math.isfinite(r.value)]
     best_number = _chosen_number(study) if complete else None
     test = attrs.get(names.TEST_METRICS, {}) if attrs.get(names.TEST_EVALUATED_TRIAL) == best_number else {}
