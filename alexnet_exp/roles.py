@@ -319,7 +319,9 @@ def evaluate_best_once(run: SweepStudy, cache: DataCache, state: TrialStateStore
         summary.update(study.user_attrs.get(names.TEST_METRICS, {}))  # not read again
         if tracker.registered_model and best.user_attrs.get(names.MLFLOW_RUN_ID):
             try:  # --register-model given after the test evaluation: its model is logged already
-                tracker.register_model(best.user_attrs[names.MLFLOW_RUN_ID])
+                tracker.register_model(best.user_attrs[names.MLFLOW_RUN_ID],
+                                       {"study": run.name, "trial": best.number, config.study.metric: summary["value"],
+                                        **study.user_attrs.get(names.TEST_METRICS, {})})
             except Exception as exc:
                 warn(f"could not register the best model as {tracker.registered_model!r}", exc)
         return summary
@@ -333,13 +335,18 @@ def evaluate_best_once(run: SweepStudy, cache: DataCache, state: TrialStateStore
         model, result = evaluate_on_test(config.with_values(values), cache, weights)
         metrics = {"test_accuracy": result.accuracy, "test_macro_f1": result.macro_f1, "test_loss": result.loss}
         results.append(metrics)
-        if run_id:
-            tracker.log_metrics(run_id, metrics, step=member.user_attrs.get(names.EPOCHS_RUN, 0))
+        step = member.user_attrs.get(names.EPOCHS_RUN, 0)
+        linked = False
         if member is best and run_id:
-            try:
-                tracker.log_model(run_id, model, _input_example(config.with_values(values), cache))
-            except Exception as exc:  # the test metrics are logged already; the model file is a convenience
+            tags = {"study": run.name, "trial": best.number, config.study.metric: summary["value"], **metrics}
+            try:  # the test metrics logged with the model, linked to it
+                tracker.log_model(run_id, model, _input_example(config.with_values(values), cache),
+                                  name=f"{run.name}-best", metrics=metrics, step=step, tags=tags)
+                linked = True
+            except Exception as exc:  # the model file is a convenience; the test metrics are logged below
                 warn("could not log the best model to MLflow", exc)
+        if run_id and not linked:
+            tracker.log_metrics(run_id, metrics, step=step)
     if not results:
         where = "here or in its MLflow run" if state.shared is not None else "here (study.state_store: local)"
         print(f"note: no saved weights for best trial {best.number} {where}; the process that trained it "

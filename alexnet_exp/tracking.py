@@ -335,10 +335,15 @@ class Tracker:
         self.set_tags(run_id, tags or {})
         self.client.set_terminated(run_id, status=status, end_time=_now_ms())
 
-    def log_model(self, run_id: str, model, input_example, name: str = "model") -> Optional[str]:
+    def log_model(self, run_id: str, model, input_example, name: str = "model",
+                  metrics: Optional[dict[str, float]] = None, step: int = 0,
+                  tags: Optional[dict[str, Any]] = None) -> Optional[str]:
         """Log `model` on the run with a signature (float32 batch of NCHW images -> logits) and `input_example`
-        (a few images as the model receives them: after the eval transform, resized and normalised), and
-        register it under `registered_model` if set. Returns the logged model's URI (`models:/<id>`)."""
+        (a few images as the model receives them: after the eval transform, resized and normalised), with
+        `metrics` logged on the run and linked to the model (its page and `search_logged_models` show them,
+        not the CPU's), and register it under `registered_model` if set, the version tagged with `tags`.
+        The run keeps its own end time and status: reopened for this, its duration would include the finish
+        step. Returns the logged model's URI (`models:/<id>`)."""
         import torch
         from mlflow.models import infer_signature
 
@@ -348,22 +353,32 @@ class Tracker:
             logits = model(example).float()
         # infer_signature makes the batch dimension -1: any batch size is valid input.
         signature = infer_signature(example.numpy(), logits.numpy())
+        before = self.client.get_run(run_id).info
         mlflow.set_tracking_uri(self.tracking_uri)
-        with mlflow.start_run(run_id=run_id):
+        with mlflow.start_run(run_id=run_id, log_system_metrics=False):
             # Explicit requirements: inferring them would load the model in a subprocess (seconds).
             # `pickle`: mlflow.pytorch.load_model gives back the nn.Module that trained, whatever its layers
             # (`pt2`, MLflow 3.17's default, goes through torch.export instead).
+            # step=-1: log_model links every run metric logged at its `step` to the model, and the system
+            # metrics' sample indices (0, 1, ...) would be among them; no metric is logged at -1.
             info = mlflow.pytorch.log_model(model, name=name, serialization_format="pickle", signature=signature,
-                                            input_example=example.numpy(),
-                                            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+                                            input_example=example.numpy(), tags={k: str(v) for k, v in
+                                                                                 (tags or {}).items()},
+                                            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                                            step=-1)
+            if metrics:
+                mlflow.log_metrics(metrics, step=step, model_id=info.model_id)
+        if before.status != "RUNNING" and before.end_time:
+            self.client.set_terminated(run_id, status=before.status, end_time=before.end_time)
         if self.registered_model is not None:
-            self.register_model(run_id)
+            self.register_model(run_id, tags)
         return info.model_uri
 
-    def register_model(self, run_id: str) -> Optional[int]:
+    def register_model(self, run_id: str, tags: Optional[dict[str, Any]] = None) -> Optional[int]:
         """Register the latest model logged by `run_id` under `registered_model`, unless a version of that name
-        already holds it (a sweep run again with --register-model after its test evaluation). Returns the
-        version number, or None when no name is set. Raises when the run logged no model."""
+        already holds it (a sweep run again with --register-model after its test evaluation); the version gets
+        `tags` (where it came from, what it scores) and the alias `best`. Returns the version number, or None
+        when no name is set. Raises when the run logged no model."""
         if self.registered_model is None:
             return None
         models = self.client.search_logged_models(experiment_ids=[self.experiment_id],
@@ -377,7 +392,10 @@ class Tracker:
             if version.source == source:
                 return int(version.version)
         mlflow.set_tracking_uri(self.tracking_uri)
-        version = mlflow.register_model(source, self.registered_model)
+        version = mlflow.register_model(source, self.registered_model, tags={k: str(v) for k, v in
+                                                                              (tags or {}).items()})
+        # the registry alone says which version is the study's choice
+        self.client.set_registered_model_alias(self.registered_model, "best", version.version)
         return int(version.version)
 
     def child_runs(self, parent_id: str) -> list:

@@ -112,6 +112,19 @@ def test_best_model_is_registered_with_signature_and_input_example(swept):
     assert example.shape == (2, 3, size, size) and example.dtype == np.float32
     np.testing.assert_allclose(example, expected.numpy(), rtol=1e-5, atol=1e-6)
 
+    # The registry says where the version came from and what it scores; the logged model carries the test
+    # metrics (once, on the run too), not the CPU's; the run's duration is its training's, not the finish step's.
+    chosen = client.get_model_version_by_alias(MODEL_NAME, "best")
+    assert str(chosen.version) == "1" and chosen.tags["study"] == "tiny" and "test_accuracy" in chosen.tags
+    best_child = client.get_run(best_run)
+    assert chosen.tags["trial"] == best_child.data.tags["trial"]
+    (logged,) = client.search_logged_models(experiment_ids=[best_child.info.experiment_id])
+    linked = {m.key for m in logged.metrics or []}
+    assert {"test_accuracy", "test_macro_f1"} <= linked and not [k for k in linked if k.startswith("system/")]
+    assert logged.name == "tiny-best"
+    (test_point,) = client.get_metric_history(best_run, "test_accuracy")
+    assert best_child.info.status == "FINISHED" and best_child.info.end_time <= test_point.timestamp
+
     model = mlflow.pytorch.load_model(model_uri)
     with torch.no_grad():
         logits = model(torch.from_numpy(example))
