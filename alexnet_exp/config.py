@@ -10,7 +10,7 @@ import difflib
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Iterable, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, model_validator
@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationErro
 from .architecture import input_size_problem
 from .rates import (BATCH_SCALINGS, LR_BATCH_SCALING, LR_REFERENCE, OPTIMIZERS, WEIGHT_DECAY_REFERENCE, lr_scale_for,
                     scaled_lr, scaled_weight_decay, weight_decay_scale_for)
-from .space_params import CategoricalParam, FloatParam, IntParam, SpaceEntry, branches, space_problems
+from .space_params import (CategoricalParam, FloatParam, IntParam, SpaceEntry, active_branch, branches,
+                           space_problems)
 from .redaction import redact_text
 
 
@@ -702,6 +703,43 @@ def config_from_dict(raw: dict, source: str = "config") -> RunConfig:
     return _validate(copy.deepcopy(raw), source)
 
 
-def dump_config(config: RunConfig) -> str:
-    """The config as YAML, with passwords in storage and tracking URLs masked: fit to log and store."""
-    return redact_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
+# Keys of each dataset alone: with another dataset they do nothing.
+_DATASET_KEYS = {"synthetic": ("synthetic_classes", "synthetic_train_size", "synthetic_test_size"),
+                 "glyphs": ("glyph_classes", "glyph_train_per_class", "glyph_test_per_class"),
+                 "imagefolder": ("image_size", "image_cache_dir", "bad_images", "test_fraction", "resident_gb")}
+
+
+def inactive_paths(config: RunConfig) -> dict[str, str]:
+    """The dotted keys whose value does nothing in this config, each with why: a trial's run does not log
+    them as parameters (an Adam trial showed `train.momentum = 0.9` as if it were used), its config.yaml says so."""
+    out: dict[str, str] = {}
+    t, a, d = config.train, config.augment, config.data
+    if t.optimizer != "sgd":
+        out["train.momentum"] = out["train.nesterov"] = f"sgd only (optimizer {t.optimizer})"
+    if not a.crop:
+        out.update({f"augment.{k}": "crop: false" for k in ("crop_padding", "crop_size", "ten_crop")})
+    elif a.crop_size is not None:
+        out["augment.crop_padding"] = "crop_size crops are not padded"
+    for dataset, keys in _DATASET_KEYS.items():
+        if d.dataset != dataset:
+            out.update({f"data.{k}": f"{dataset} only" for k in keys})
+    if not d.dataset.startswith("cifar"):
+        out["data.download"] = "cifar only"
+    values = config.flat()
+    for path, entry in config.space.items():
+        if active_branch(entry, values) is None:  # a `when` branch the sampled values left out
+            out[path] = "its space entry's condition (when) is not met"
+    return out
+
+
+def dump_config(config: RunConfig, sampled: Optional[Iterable[str]] = None,
+                inactive: Optional[dict[str, str]] = None) -> str:
+    """The config as YAML, with passwords in storage and tracking URLs masked: fit to log and store. A trial's
+    (`sampled`, `inactive` given) opens with which values were sampled and which do nothing; the rest are fixed."""
+    text = yaml.safe_dump(config.model_dump(), sort_keys=False)
+    if sampled is not None or inactive:
+        head = [f"# set by the study (sampled, or a baseline's or repeat's values): "
+                f"{', '.join(sorted(sampled or [])) or 'none'}"]
+        head += [f"# inactive: {path} ({why})" for path, why in sorted((inactive or {}).items())]
+        text = "\n".join(head + ["# every other value is fixed (the YAML's, or its default)", text])
+    return redact_text(text)

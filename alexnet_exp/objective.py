@@ -21,7 +21,7 @@ import torch
 
 from . import names
 from .budget import is_repeat, surplus
-from .config import ConfigError, RepeatsConfig, RunConfig, dump_config, resolved_rates
+from .config import ConfigError, RepeatsConfig, RunConfig, dump_config, inactive_paths, resolved_rates
 from .pipeline import DataCache, input_size, make_augmenter, make_model, train_run
 from .figures_common import confusion_png
 from .progress import SweepProgress
@@ -240,14 +240,17 @@ def _run_trial(trial: optuna.Trial, ctx: TrialContext, n_trials: int) -> float:
         return _fail(trial, ctx, run_id, names.INVALID, "; ".join(invalid.errors))
     if names.REPORTED in trial.user_attrs:  # a replay trains every epoch its document trained, a dead run too
         config = config.with_values({"train.stall_epochs": config.train.epochs + 1})
-    tags.update(dataset=config.data.dataset, model=config.model.arch, evaluation=config.augment.evaluation)
+    inactive = inactive_paths(config)  # not logged as if they were used: listed in a tag and config.yaml
+    tags.update(dataset=config.data.dataset, model=config.model.arch, evaluation=config.augment.evaluation,
+                inactive_params=", ".join(sorted(inactive)))
     run_id = None
     try:
-        run_id = ctx.tracker.start_trial(ctx.parent_run_id, f"trial-{trial.number}", config.flat(), tags)
+        params = {k: v for k, v in config.flat().items() if k not in inactive}
+        run_id = ctx.tracker.start_trial(ctx.parent_run_id, f"trial-{trial.number}", params, tags)
         trial.set_user_attr(names.MLFLOW_RUN_ID, run_id)
         trial.set_user_attr(names.WORKER_PID, os.getpid())
         trial.set_user_attr(names.WORKER_HOST, socket.gethostname())
-        ctx.tracker.log_text(run_id, dump_config(config), names.CONFIG_ARTIFACT)
+        ctx.tracker.log_text(run_id, dump_config(config, sampled=values, inactive=inactive), names.CONFIG_ARTIFACT)
         checkpoint = ctx.state.checkpoint_path(chain.root)
         earlier_runs = chain.earlier_runs if previous is not None else None
         return _train_and_record(trial, ctx, config, run_id, checkpoint, earlier_runs)

@@ -223,3 +223,23 @@ def test_a_warmup_that_some_trials_cannot_have_is_refused():
 def test_the_logit_relu_is_not_a_search_dimension():
     errors = errors_of({"space": {"model.logit_relu": {"type": "categorical", "choices": [False, True]}}})
     assert errors[0].startswith("space.model.logit_relu: a ReLU on the logits is the CIFAR-100 notebook's bug")
+
+
+def test_values_that_do_nothing_are_named_with_why():
+    from alexnet_exp.config import config_from_dict, dump_config, inactive_paths
+
+    config = config_from_dict({"train": {"optimizer": "adam", "schedule": "onecycle"},
+                               "augment": {"crop": True, "crop_size": 28},
+                               "space": {"train.schedule": {"type": "categorical", "choices": ["cosine", "onecycle"]},
+                                         "train.warmup_epochs": {"type": "int", "low": 0, "high": 2,
+                                                                 "when": {"train.schedule": "cosine"}}}})
+    inactive = inactive_paths(config)
+    assert inactive["train.momentum"] == "sgd only (optimizer adam)" and "train.nesterov" in inactive
+    assert inactive["augment.crop_padding"] == "crop_size crops are not padded"
+    assert "train.warmup_epochs" in inactive and "data.image_size" in inactive and "train.lr" not in inactive
+    sgd = config.with_values({"train.optimizer": "sgd", "train.schedule": "cosine"})
+    assert "train.momentum" not in inactive_paths(sgd) and "train.warmup_epochs" not in inactive_paths(sgd)
+    text = dump_config(config, sampled={"train.optimizer": "adam"}, inactive=inactive)
+    assert text.startswith("# set by the study (sampled, or a baseline's or repeat's values): train.optimizer")
+    assert "# inactive: train.momentum (sgd only (optimizer adam))" in text
+    assert "\n# inactive" not in dump_config(config)  # a study's own config.yaml: no trial, no header

@@ -43,6 +43,13 @@ def test_smoke_sweep_end_to_end(in_tmp, capsys):
         for key in ("study", "sampler", "dataset", "model", "device", "git_commit"):
             assert child.data.tags[key]
         assert child.data.params["train.epochs"] == "2" and "model.norm" in child.data.params
+        # what did nothing is not logged as if used: listed apart, and said in config.yaml
+        inactive = set(child.data.tags["inactive_params"].split(", "))
+        assert "data.glyph_classes" in inactive and not inactive & set(child.data.params)
+        assert ("train.momentum" in inactive) == (child.data.params["train.optimizer"] != "sgd")
+        config_text = client.download_artifacts(child.info.run_id, "config.yaml")
+        head = open(config_text).read().splitlines()[:3]
+        assert head[0].startswith("# set by the study") and "train.optimizer" in head[0]
         history = client.get_metric_history(child.info.run_id, "val_accuracy")
         assert sorted(m.step for m in history) == [1, 2]
         for name in ("train_loss", "val_loss", "val_macro_f1", "lr", "epoch_seconds", "images_per_second"):
