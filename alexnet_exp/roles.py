@@ -299,6 +299,17 @@ def chosen_configuration(run: SweepStudy) -> Optional[tuple[optuna.trial.FrozenT
     return (best, [best], None) if best is not None else None
 
 
+def _outcome(run: SweepStudy, number: int, run_id: str, summary: dict, test: dict) -> str:
+    """The parent run's description: the chosen trial (linked), its figures and its parameters."""
+    metric = run.config.study.metric
+    seeds = f" (mean of {summary['seeds']} fresh seeds)" if "seeds" in summary else ""
+    params = "\n".join(f"- `{k}` = {v}" for k, v in summary["params"].items())
+    link = f"[trial {number}]({run.tracker.run_link(run_id)})" if run_id else f"trial {number}"
+    return (f"**Best: {link}**, validation {metric} {summary['value']:.4f}{seeds}; held-out test accuracy "
+            f"{test['test_accuracy']:.4f}, macro-F1 {test['test_macro_f1']:.4f} (evaluated once).\n\n"
+            f"Parameters:\n{params}\n")
+
+
 def evaluate_best_once(run: SweepStudy, cache: DataCache, state: TrialStateStore) -> Optional[dict]:
     """Evaluate the chosen configuration once on the held-out test split (each of its seeds' models when it was
     repeated); log it on their runs and the parent run. Call under the study lock: the study attribute is what
@@ -359,8 +370,10 @@ def evaluate_best_once(run: SweepStudy, cache: DataCache, state: TrialStateStore
     tracker.log_metrics(run.parent_id, metrics, step=best.number)
     # the chosen configuration's value (with repeats, the mean over its seeds): apart from the best_ history
     tracker.log_metrics(run.parent_id, {f"chosen_{config.study.metric}": summary["value"]}, step=best.number)
-    tracker.set_tags(run.parent_id, {"best_trial": best.number,
-                                     "best_run_id": best.user_attrs.get(names.MLFLOW_RUN_ID) or ""})
+    best_run = best.user_attrs.get(names.MLFLOW_RUN_ID) or ""
+    tracker.set_tags(run.parent_id, {"best_trial": best.number, "best_run_id": best_run,
+                                     # the run's description in MLflow: the study's outcome at a glance
+                                     "mlflow.note.content": _outcome(run, best.number, best_run, summary, metrics)})
     try:  # MLflow params cannot change: a study resumed with a larger budget and a new best keeps the first
         tracker.log_params(run.parent_id, {f"best.{k}": v for k, v in summary["params"].items()})
     except Exception as exc:

@@ -81,6 +81,10 @@ def test_smoke_sweep_end_to_end(in_tmp, capsys):
     own = sorted((m.step, m.value) for m in client.get_metric_history(parent.info.run_id, "trial_val_accuracy"))
     assert own == [(t.number, t.value) for t in complete]  # each trial's own value beside it
     best_params = client.get_run(parent.info.run_id).data.params
+    # the parent's description says the outcome at a glance, linking the best trial's run
+    note = client.get_run(parent.info.run_id).data.tags["mlflow.note.content"]
+    assert f"[trial {study.best_trial.number}](" in note and f"/runs/{best_run})" in note
+    assert f"test accuracy {tested[0].data.metrics['test_accuracy']:.4f}" in note and "`train.lr` = " in note
     best_values = json.loads(study.best_trial.user_attrs["values"])  # dotted paths, whatever branch sampled them
     assert {k: best_params[f"best.{k}"] for k in best_values} == {k: str(v) for k, v in best_values.items()}
     assert "train.lr" in best_values and "train.optimizer" in best_values
