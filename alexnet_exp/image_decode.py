@@ -39,7 +39,7 @@ def resize_center_square(img: Image.Image, side: int) -> Image.Image:
     if new != (w, h):
         # draft(): JPEG decodes at 1/2, 1/4 or 1/8 of its size when that is still at least the target, which
         # is most of the decoding time saved on photos larger than the cache side.
-        img = img.resize(new, Image.Resampling.BICUBIC, reducing_gap=3.0)
+        img = img.resize(new, Image.Resampling.BILINEAR, reducing_gap=3.0)  # antialiased, as torchvision's Resize
     left, top = (new[0] - side) // 2, (new[1] - side) // 2
     return img.crop((left, top, left + side, top + side))
 
