@@ -134,14 +134,19 @@ class FolderCache:
     path: Path
 
 
-def _paths(cache_dir: Path, side: int, key: str) -> tuple[Path, Path]:
-    return cache_dir / f"images-{side}px-{key}.npy", cache_dir / f"images-{side}px-{key}.json"
+def _prefix(root: Path, side: int) -> str:
+    """What the caches of one folder at one side share: a cache folder may serve several image folders."""
+    return f"images-{side}px-{hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:8]}"
 
 
-def _remove_stale(cache_dir: Path, side: int, keep: str) -> None:
-    """Caches of this side built from an earlier state of the folder: never read again (best effort: a
+def _paths(cache_dir: Path, prefix: str, key: str) -> tuple[Path, Path]:
+    return cache_dir / f"{prefix}-{key}.npy", cache_dir / f"{prefix}-{key}.json"
+
+
+def _remove_stale(cache_dir: Path, prefix: str, keep: str) -> None:
+    """Caches of this folder and side built from an earlier state of it: never read again (best effort: a
     process still reading one keeps its open memory map)."""
-    for old in cache_dir.glob(f"images-{side}px-*"):
+    for old in cache_dir.glob(f"{prefix}-*"):
         if keep not in old.name and not old.name.endswith(".lock"):
             try:
                 old.unlink()
@@ -154,9 +159,9 @@ def _read_cache(npy: Path, meta_path: Path, bad_images: str) -> FolderCache:
     bad = [tuple(b) for b in meta["bad"]]
     if bad and bad_images == "error":
         raise FolderError(_bad_message(bad, meta["root"]))
-    bad_rows = {row for row, _ in meta["bad_rows"]}
+    bad_rows = np.asarray([row for row, _ in meta["bad_rows"]], dtype=np.int64)
     labels = np.asarray(meta["labels"], dtype=np.int64)
-    splits = {split: np.asarray([r for r in range(start, stop) if r not in bad_rows], dtype=np.int64)
+    splits = {split: np.setdiff1d(np.arange(start, stop, dtype=np.int64), bad_rows)
               for split, (start, stop) in meta["splits"].items()}
     return FolderCache(np.load(npy, mmap_mode="r"), labels, splits, meta["class_names"], bad, npy)
 
@@ -174,17 +179,18 @@ def load_folder_cache(root: str | Path, image_size: int, *, cache_dir: Optional[
     layout = scan(root)
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir(layout.root)
     key = cache_key(layout, image_size)
-    npy, meta = _paths(folder, image_size, key)
+    prefix = _prefix(layout.root, image_size)
+    npy, meta = _paths(folder, prefix, key)
     if not meta.is_file():  # the .json is written last: its presence means the cache is whole
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise FolderError(f"cannot create the image cache folder {folder} ({exc.strerror}); set "
                               f"data.cache_dir to a writable folder (the image folder may stay read-only)") from None
-        with file_lock(folder / f"images-{image_size}px.lock"):
+        with file_lock(folder / f"{prefix}.lock"):
             if not meta.is_file():  # another process may have built it while this one waited
                 _build(layout, image_size, npy, meta, workers)
-                _remove_stale(folder, image_size, key)
+                _remove_stale(folder, prefix, key)
     return _read_cache(npy, meta, bad_images)
 
 

@@ -167,6 +167,9 @@ def test_the_cache_is_reused_and_rebuilt_when_a_file_changes(tmp_path, capsys):
     assert changed.images[row].mean() < 30
     other_size = load_folder_cache(root, 8, cache_dir=cache_dir)  # another side: its own cache, both kept
     assert other_size.path.exists() and changed.path.exists()
+    other_root = write_folder(tmp_path / "other", per_class=2)  # another folder sharing the cache folder
+    shared = load_folder_cache(other_root, 16, cache_dir=cache_dir)
+    assert shared.path != changed.path and shared.path.exists() and changed.path.exists()
 
 
 def _load_in_process(root, cache_dir, log_dir, results):
