@@ -34,12 +34,12 @@ class ColorStats:
 STATS_MAX_IMAGES = 50_000  # more adds nothing to 3 means and a 3x3 covariance, and ImageNet has 1.28M
 
 
-def color_stats(images, max_images: int = STATS_MAX_IMAGES) -> ColorStats:
+def color_stats(images, max_images: int = STATS_MAX_IMAGES, chunk: Optional[int] = None) -> ColorStats:
     """Mean, std and RGB principal components of uint8 images (N, 3, H, W), accumulated in float64 chunks of
-    about 16M values (128 MB); over `max_images` evenly spaced images when there are more (resident or
-    streamed alike: the same stats)."""
+    `chunk` images (default: about 16M values, 128 MB); over `max_images` evenly spaced images when there are
+    more (resident or streamed alike: the same stats)."""
     n = len(images)
-    chunk = max(1, (1 << 24) // max(1, int(np.prod(images.shape[1:]))))
+    chunk = chunk or max(1, (1 << 24) // max(1, int(np.prod(images.shape[1:]))))
     picked = None if n <= max_images else torch.linspace(0, n - 1, max_images).round().long()
     total = torch.zeros(3, dtype=torch.float64, device=images.device)
     outer = torch.zeros(3, 3, dtype=torch.float64, device=images.device)

@@ -53,6 +53,10 @@ def test_color_stats_match_numpy():
     vals, vecs = np.linalg.eigh(np.cov(px, bias=True))
     np.testing.assert_allclose(stats.eigvals.numpy(), vals, rtol=1e-3)
     np.testing.assert_allclose(np.abs(stats.eigvecs.numpy()), np.abs(vecs), atol=1e-4)
+    # over more images than max_images: the stats of evenly spaced ones (a streamed ImageNet is not read whole)
+    sampled = color_stats(x, max_images=10, chunk=3)
+    picked = color_stats(x[torch.linspace(0, 99, 10).round().long()])
+    assert torch.allclose(sampled.mean, picked.mean) and torch.allclose(sampled.std, picked.std)
 
 
 def test_pca_colour_shift_has_the_paper_statistics():
