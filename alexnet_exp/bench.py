@@ -110,22 +110,7 @@ def documents_pipeline(arch: str, size: int, images: np.ndarray, labels: np.ndar
     model = _with_torch_lrn(build_model(arch, 100, norm="lrn", input_size=size)).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)  # as `fit` uses
     loader = torch.utils.data.DataLoader(_PILDataset(images, labels, train_tf), batch_size=batch, shuffle=True)
-    model.train()
-    seen, started = 0, None
-    for step, (x, y) in enumerate(loader):
-        if step == 1:  # the first step is warm-up
-            sync(device)
-            started, seen = time.perf_counter(), 0
-        x, y = x.to(device), y.to(device)
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        seen += len(y)
-        if step >= steps:
-            break
-    sync(device)
-    train_rate = seen / (time.perf_counter() - started)
+    train_rate = timed_training(model, opt, loader, device, steps)
     model.eval()
     loader = torch.utils.data.DataLoader(_PILDataset(images, labels, eval_tf), batch_size=batch * 2)
     seen, started = 0, time.perf_counter()
@@ -137,6 +122,25 @@ def documents_pipeline(arch: str, size: int, images: np.ndarray, labels: np.ndar
                 break
     sync(device)
     return {"train_img_s": train_rate, "eval_img_s": seen / (time.perf_counter() - started)}
+
+
+def timed_training(model: nn.Module, opt: torch.optim.Optimizer, batches, device: torch.device, steps: int) -> float:
+    """Images/s of plain eager training steps 1..`steps` over `batches` ((x, y) on the host); step 0 warms up."""
+    model.train()
+    seen, started = 0, None
+    for step, (x, y) in enumerate(batches):
+        if step == 1:  # the first step is warm-up
+            sync(device)
+            started, seen = time.perf_counter(), 0
+        loss = F.cross_entropy(model(x.to(device)), y.to(device))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        seen += len(y)
+        if step >= steps:
+            break
+    sync(device)
+    return seen / (time.perf_counter() - started)
 
 
 def sync(device: torch.device) -> None:

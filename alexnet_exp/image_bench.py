@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 PHOTO_SIZE = (500, 375)  # ImageNet's most common size
 
@@ -77,7 +76,7 @@ def documents_rate(root: Path, device: torch.device, batch: int, steps: int, arc
     from torchvision import datasets, transforms as T
 
     from .architecture import ARCH_INPUT_SIZE
-    from .bench import _with_torch_lrn, sync
+    from .bench import _with_torch_lrn, timed_training
     from .model import build_model
 
     tf = T.Compose([T.Resize(256), T.CenterCrop(256), T.RandomCrop(227), T.RandomHorizontalFlip(), T.ToTensor(),
@@ -89,25 +88,12 @@ def documents_rate(root: Path, device: torch.device, batch: int, steps: int, arc
         tf.transforms.insert(4, T.Resize(size))  # after the crop and flip, as the project's pipeline resizes
     model = _with_torch_lrn(build_model(arch, 4, norm="lrn", input_size=size, width=width)).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    model.train()
+
     def batches():  # epochs after epochs, until `steps` are timed (a small folder is one batch per epoch)
         while True:
             yield from loader
 
-    seen, started = 0, None
-    for step, (x, y) in enumerate(batches()):
-        if step == 1:
-            sync(device)
-            started, seen = time.perf_counter(), 0
-        loss = F.cross_entropy(model(x.to(device)), y.to(device))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        seen += len(y)
-        if step >= steps:
-            break
-    sync(device)
-    return seen / (time.perf_counter() - started)
+    return timed_training(model, opt, batches(), device, steps)
 
 
 def main(argv: list[str]) -> int:
