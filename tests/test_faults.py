@@ -1,8 +1,10 @@
 """Faults that used to lose work (issue 19), each injected by the test with real processes and stores."""
 import json
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -319,6 +321,34 @@ def test_a_full_disk_stops_the_sweep_with_one_line_and_a_rerun_resumes(tmp_path,
     assert not [c for c in children if c.info.status == "RUNNING"]
 
 
+def locks_held_by(pid, paths):
+    """The paths among `paths` on which process `pid` holds a POSIX (fcntl) lock, as SQLite takes, per
+    /proc/locks (fields: id, class, mode, access, pid, major:minor:inode, start, end)."""
+    inodes = {f"{os.stat(p).st_ino}": p for p in paths if os.path.exists(p)}
+    held = set()
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if "->" in fields:  # a waiter on another lock, listed under it
+            fields.remove("->")
+        if len(fields) >= 6 and fields[4] == str(pid) and fields[5].rsplit(":", 1)[-1] in inodes:
+            held.add(inodes[fields[5].rsplit(":", 1)[-1]])
+    return held
+
+
+def pause_outside_sqlite_locks(pid, *stores):
+    """SIGSTOP `pid` at a moment it holds no lock on any of `stores`: stopped, then woken again at once and
+    stopped anew while it does (each try lets it run on to the end of its transaction)."""
+    import signal
+
+    def paused_free():
+        os.kill(pid, signal.SIGSTOP)
+        if not locks_held_by(pid, stores):
+            return True
+        os.kill(pid, signal.SIGCONT)
+        return False
+    until(paused_free, f"process {pid} outside a SQLite transaction", poll=0.01)
+
+
 def test_a_worker_paused_past_its_heartbeats_wakes_harmless(tmp_path):
     """A worker stopped (SIGSTOP, as a VM freeze or a swap storm does) past its heartbeats and then woken died
     with `Cannot tell a FAIL trial` / `Should not reach`; the launcher exited 1 and closed the parent FAILED."""
@@ -334,10 +364,15 @@ def test_a_worker_paused_past_its_heartbeats_wakes_harmless(tmp_path):
     try:
         victim = proc.until(running_trial_at_epoch(tmp_path, 1), "a trial at epoch 1")
         pid = victim.user_attrs["worker_pid"]
-        os.kill(pid, signal.SIGSTOP)
+        # Paused inside a write to a SQLite store, it would hold that store's lock until woken, and nobody could
+        # retry its trial (on one machine a freeze stops every worker alike; that case is not this test's).
+        pause_outside_sqlite_locks(pid, tmp_path / "sweeps" / "tiny" / "optuna.db", tmp_path / "mlflow.db")
         try:
             def retried_and_running():
-                trials = study_of(tmp_path).get_trials()
+                try:
+                    trials = study_of(tmp_path).get_trials()
+                except Exception:  # locked by a write under way
+                    return None
                 return any(t.system_attrs.get("failed_trial") == victim.number and t.state == TrialState.RUNNING
                            for t in trials)
             proc.until(retried_and_running, "the paused worker's trial retried by the other")
