@@ -72,6 +72,8 @@ class SweepProgress:
         # a verdict spends the trial's whole budget (a pruned trial's unrun epochs are saved time, not owed)
         self._advance(number, self.trial_epochs.get(number, self.epochs) if counts else 0)
         self.shown.pop(number, None)
+        if self.bar is not None and best is not None:  # else the bar shows the last epoch's older best till the next
+            self.bar.set_postfix_str(f"best={best:.4f}")
 
     def extend(self, more: int, why: str) -> None:
         """More trials to run than the search budget (the repeats): the bar's total grows, and says why."""

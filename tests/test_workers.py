@@ -229,8 +229,10 @@ def test_the_progress_bar_counts_the_budgets_epochs(monkeypatch):
     progress.epoch(1, 1, 0.5)
     progress.epoch(1, 2, 0.6)
     assert bar.n == 7
+    assert bar.postfix.endswith("best=-")
     progress.trial_finished(1, "PRUNED", None, "pruned at epoch 2", 0.6, counts=True)
-    assert bar.n == 10  # a verdict spends the trial's budget: the epochs left are not owed
+    assert bar.n == 10  # a verdict spends the trial's budget (a pruned trial's epochs left are not owed)
+    assert bar.postfix == "best=0.6000"  # it showed the best before this trial until the next trial's epoch
     progress.trial_started(2, {})
     for epoch in (1, 2, 3):
         progress.epoch(2, epoch, 0.5)
