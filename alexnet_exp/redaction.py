@@ -25,3 +25,15 @@ def redact_text(text: str) -> str:
 def redact_url(url: str) -> str:
     """A storage or tracking URL fit to print or record."""
     return redact_text(url)
+
+
+def without_credentials(url: str) -> str:
+    """`url` with no user name or password, for a link: a masked password would make it a wrong address."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    return urlunsplit(parts._replace(netloc=netloc + (f":{parts.port}" if parts.port else "")))

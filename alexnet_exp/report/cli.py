@@ -18,10 +18,11 @@ from .. import names
 from ..redaction import redact_url
 from . import figures
 from . import study_figures
-from .data import StudyData, discover_studies, load_study_data, trials_frame
+from .data import StudyData, discover_studies, load_study_data, param_columns, trials_frame
 from .noise import configurations, labels_by_trial, noise_blocks
+from .page_table import page_table
 from .references import reference_blocks, reported_blocks
-from .render import Block, Figure, fmt as _fmt, render_html, render_markdown
+from .render import Block, Figure, Table, fmt as _fmt, render_html, render_markdown
 
 # Below this many complete trials, fANOVA's importances are mostly noise (issue 12).
 IMPORTANCE_MIN_TRIALS = 10
@@ -64,7 +65,7 @@ def _header(data: StudyData) -> list[Block]:
         curves = "".join(f", validation {label} {best.last(metric):.4f}" for metric, label in
                          (("val_accuracy", "accuracy"), ("val_macro_f1", "macro-F1")) if best.last(metric) is not None)
         lines.append(f"**Best trial {best.number}**{f' ({what})' if what else ''}: "
-                     f"{data.metric} {best.value:.4f}{curves}.{test}")
+                     f"{data.metric} {best.value:.4f}{curves}.{test}{_run_named(data, best.run_id)}")
         lines.append("Parameters: " + ", ".join(f"`{k}={_fmt(v)}`" for k, v in best.values.items()))
         if best.config is not None:  # a space may sample the crops: the best trial's own evaluation
             lines.append(f"Validation and test figures of this trial: {best.config.augment.evaluation}.")
@@ -74,6 +75,21 @@ def _header(data: StudyData) -> list[Block]:
                      f"{env.get('device', '?')}, Python {env.get('python', '?')}, torch {env.get('torch', '?')}, "
                      f"Optuna {env.get('optuna', '?')}, MLflow {env.get('mlflow', '?')}.")
     return lines
+
+
+def _run_named(data: StudyData, run_id: Optional[str]) -> str:
+    if not run_id:
+        return ""
+    link = data.run_link(run_id)
+    return f" [Its MLflow run]({link})." if link else f" Its MLflow run id: `{run_id}`."
+
+
+def _runs_sentence(data: StudyData) -> str:
+    experiment = (data.config.study.experiment if data.config else None) or data.name
+    if data.run_link(data.parent_run_id or next((t.run_id for t in data.trials if t.run_id), None)):
+        return "Each trial number links to its run on the MLflow tracking server."
+    return (f"Each trial's MLflow run is `trial-<number>` in experiment `{experiment}` of "
+            f"`{redact_url(data.tracking_uri)}` (`mlflow ui` started in the store's folder shows them).")
 
 
 def study_report(data: StudyData, out_dir: Path, weights_root: Path = names.SWEEPS_DIR) -> list[Path]:
@@ -88,8 +104,13 @@ def study_report(data: StudyData, out_dir: Path, weights_root: Path = names.SWEE
     blocks += noise_blocks(data, configs)
     blocks += ["## Trials", f"One row per trial with every parameter it set (blank: inactive under its conditions), "
                             f"complete trials first by {data.metric}; `vs_best` marks the configurations that "
-                            f"cannot be told apart from the best. The same table is in trials.csv.",
-               table if not table.empty else "No trials yet."]
+                            f"cannot be told apart from the best. {_runs_sentence(data)} The same table is in "
+                            f"trials.csv, with each trial's MLflow run id."]
+    if table.empty:
+        blocks.append("No trials yet.")
+    else:
+        shown, shared = page_table(data, table, param_columns(data))
+        blocks += [shared, shown] if shared else [shown]
     blocks.append("## Figures")
     missing = []
 
@@ -151,11 +172,12 @@ def study_report(data: StudyData, out_dir: Path, weights_root: Path = names.SWEE
 def comparison_report(studies: list[StudyData], out_dir: Path) -> list[Path]:
     """Several studies side by side: one table with a study column, best of each, one history plot."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    frames = []
+    frames, links = [], []
     for data in studies:
         frame = trials_frame(data)
         frame.insert(0, "study", data.name)
         frames.append(frame.rename(columns={data.metric: "objective"}))
+        links += [data.run_link(r) for r in frame.get("run_id", [])]
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     table.to_csv(out_dir / "trials.csv", index=False)
     summary = pd.DataFrame([{"study": d.name, "dataset": d.dataset, "sampler": d.sampler, "metric": d.metric,
@@ -167,7 +189,7 @@ def comparison_report(studies: list[StudyData], out_dir: Path) -> list[Path]:
     path = figures.history(studies, out_dir / "history.png")
     if path is not None:
         blocks.append(Figure(path, "Optimisation history of each study"))
-    blocks += ["## All trials", table]
+    blocks += ["## All trials", Table(table.drop(columns=["run_id"], errors="ignore"), {"trial": links}, ("note",))]
     (out_dir / "report.md").write_text(render_markdown(blocks))
     (out_dir / "report.html").write_text(render_html(blocks, "Studies compared"))
     return sorted(out_dir.iterdir())

@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 from .. import names
 from ..budget import is_verdict
 from ..config import ConfigError, RunConfig, config_from_dict, parse_yaml
+from ..redaction import without_credentials
 from ..repeats import config_groups, load_plan
 from ..tracking import resolve_tracking_uri
 from .one_label import one_label_study
@@ -67,6 +68,15 @@ class StudyData:
     test_metrics: dict[str, float]
     best_number: Optional[int]
     val_images: Optional[int] = None  # size of the validation split, from a run's logged dataset input
+    experiment_id: Optional[str] = None  # the MLflow experiment of its runs
+
+    def run_link(self, run_id: Optional[str]) -> Optional[str]:
+        """A run's page on the tracking server (its address without credentials). None for a local store: no
+        address serves it until someone starts `mlflow ui`, so the report names the run instead."""
+        if not run_id or not self.experiment_id or not self.tracking_uri.startswith(("http://", "https://")):
+            return None
+        host = without_credentials(self.tracking_uri).rstrip("/")
+        return f"{host}/#/experiments/{self.experiment_id}/runs/{run_id}"
 
     @functools.cached_property
     def views_study(self) -> optuna.Study:
@@ -204,7 +214,18 @@ def load_study_data(name: str, storage: str, tracking_uri: Optional[str] = None)
                      _searched_with(attrs, "sampler", base.study.sampler if base else "?"),
                      _searched_with(attrs, "pruner", base.study.pruner if base else "?"), base,
                      attrs.get(names.ENVIRONMENT, {}), rows, study, tracking_uri, attrs.get(names.PARENT_RUN_ID),
-                     test, best_number, _validation_images(client, rows))
+                     test, best_number, _validation_images(client, rows),
+                     _experiment_of(client, [attrs.get(names.PARENT_RUN_ID)] + [r.run_id for r in rows]))
+
+
+def _experiment_of(client: MlflowClient, run_ids: list[Optional[str]]) -> Optional[str]:
+    """The experiment of the first of these runs that the store still has."""
+    for run_id in filter(None, run_ids):
+        try:
+            return client.get_run(run_id).info.experiment_id
+        except Exception:  # deleted, or a store that is away: the report names runs without links
+            continue
+    return None
 
 
 def _searched_with(attrs: dict, what: str, stored: str) -> str:
@@ -330,7 +351,7 @@ def trials_frame(data: StudyData, vs_best: Optional[dict[int, str]] = None) -> p
         record.update({"augmentation": _augmentation(c), "epochs_run": len(t.curves.get("val_loss", [])),
                        "epochs": c.train.epochs if c else t.values.get("train.epochs"),
                        "duration_s": round(t.duration_s, 1) if t.duration_s is not None else None,
-                       "note": t.note})
+                       "note": t.note, "run_id": t.run_id or ""})
         records.append(record)
     frame = pd.DataFrame.from_records(records)
     if frame.empty:

@@ -54,7 +54,12 @@ def one_label_study(study: optuna.Study) -> optuna.Study:
                 merged.pop(entry, None)
             else:
                 merged[entry] = joined
-    copy = optuna.create_study(directions=[d.name.lower() for d in study.directions])
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created in memory" on the console
+    try:
+        copy = optuna.create_study(directions=[d.name.lower() for d in study.directions])
+    finally:
+        optuna.logging.set_verbosity(level)
     for t in trials:
         params, dists = {}, {}
         for name, value in t.params.items():

@@ -73,11 +73,19 @@ def parallel_coordinates(data: StudyData, path: Path) -> tuple[Optional[Path], s
         return None, "needs 2 complete trials with sampled parameters"
     ax = _optuna_plot(optuna.visualization.matplotlib.plot_parallel_coordinate, data.views_study, params=params,
                       target_name=data.metric)
-    ax.figure.set_size_inches(max(8.0, 1.1 * len(params) + 3), 5.0)
-    for label in ax.get_xticklabels():
-        label.set_rotation(30)
-        label.set_ha("right")
+    # Optuna cuts names at 17 characters (`train.label_smoot...`) and puts its axes so close that the value
+    # labels of one (`batchnorm`) ran into the next: short names, a smaller font and more room per axis.
+    ax.figure.set_size_inches(max(8.0, 1.45 * len(params) + 3), 5.5)
+    ax.set_xticks(ax.get_xticks(), [data.metric] + short_names(sorted(params)), rotation=30, ha="right")
+    for text in ax.texts + [t for a in ax.figure.axes for t in a.get_yticklabels()]:
+        text.set_fontsize(8)
     return _save_optuna(ax.figure, path), ""
+
+
+def short_names(params: list[str]) -> list[str]:
+    """`lr_scale` for `train.lr_scale`; the dotted name where two parameters share their last part."""
+    last = [p.rsplit(".", 1)[-1] for p in params]
+    return [s if last.count(s) == 1 else p for s, p in zip(last, params)]
 
 
 def slices(data: StudyData, out_dir: Path) -> tuple[list[Path], str]:
