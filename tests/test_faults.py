@@ -470,3 +470,40 @@ def test_a_failed_upload_to_the_artifact_store_is_a_warning_not_a_failed_trial(t
     assert len(files) == len(set(files)) and len([f for f in files if "checkpoints" in f]) == 2, warnings
     _, parents, _ = mlflow_runs(tmp_path)
     assert "test_accuracy" in parents[0].data.metrics  # the finish step found the weights on this machine
+
+
+def test_folders_that_vanish_mid_trial_are_made_again(tmp_path, monkeypatch, capsys):
+    """A cleaner (or a person) removing sweeps/<study>/checkpoints and weights/ while a trial trains: the next
+    checkpoint and the weights are written into new folders, no trial fails."""
+    import shutil
+
+    from alexnet_exp import names, objective
+
+    monkeypatch.chdir(tmp_path)
+    cfg = write_config(tmp_path / "s.yaml", train={"epochs": 3},
+                       study={"name": "tiny", "n_trials": 2, "sampler": "random", "pruner": "none"})
+    real_train_run = objective.train_run
+    study_dir = tmp_path / "sweeps" / "tiny"
+    removed = []
+
+    def vanishing(config, cache, on_epoch=None, **kwargs):
+        first = not removed
+
+        def remove_then_go_on(metrics):
+            on_epoch(metrics)
+            if metrics.epoch == 2 and first:  # (in the second trial it would remove the first's weights)
+                for folder in (study_dir / "checkpoints", study_dir / "weights"):
+                    if folder.exists():
+                        shutil.rmtree(folder)
+                        removed.append(folder.name)
+        return real_train_run(config, cache, on_epoch=remove_then_go_on, **kwargs)
+
+    monkeypatch.setattr(objective, "train_run", vanishing)
+    assert run_sweep(tmp_path, cfg) == 0
+    assert removed == ["checkpoints"]  # the first trial's epoch-1 checkpoint; weights/ was not made yet
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "warning" not in err, err
+    trials = study_of(tmp_path).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    best = max(trials, key=lambda t: t.value)
+    assert names.weights_path(names.weights_dir("tiny"), best.number).is_file()
