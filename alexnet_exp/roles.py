@@ -352,7 +352,8 @@ def evaluate_best_once(run: SweepStudy, cache: DataCache, state: TrialStateStore
             tags = {"study": run.name, "trial": best.number, config.study.metric: summary["value"], **metrics}
             try:  # the test metrics logged with the model, linked to it
                 tracker.log_model(run_id, model, _input_example(config.with_values(values), cache),
-                                  name=f"{run.name}-best", metrics=metrics, step=step, tags=tags)
+                                  name=f"{run.name}-best", metrics=metrics, step=step, tags=tags,
+                                  link_metrics=("val_accuracy", "val_macro_f1", "val_loss"))
                 linked = True
             except Exception as exc:  # the model file is a convenience; the test metrics are logged below
                 warn("could not log the best model to MLflow", exc)

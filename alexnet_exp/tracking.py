@@ -337,11 +337,12 @@ class Tracker:
 
     def log_model(self, run_id: str, model, input_example, name: str = "model",
                   metrics: Optional[dict[str, float]] = None, step: int = 0,
-                  tags: Optional[dict[str, Any]] = None) -> Optional[str]:
+                  tags: Optional[dict[str, Any]] = None, link_metrics: tuple[str, ...] = ()) -> Optional[str]:
         """Log `model` on the run with a signature (float32 batch of NCHW images -> logits) and `input_example`
         (a few images as the model receives them: after the eval transform, resized and normalised), with
         `metrics` logged on the run and linked to the model (its page and `search_logged_models` show them,
-        not the CPU's), and register it under `registered_model` if set, the version tagged with `tags`.
+        not the CPU's), the last point of each of the run's `link_metrics` linked too, and register it under
+        `registered_model` if set, the version tagged with `tags`.
         The run keeps its own end time and status: reopened for this, its duration would include the finish
         step. Returns the logged model's URI (`models:/<id>`)."""
         import torch
@@ -357,22 +358,39 @@ class Tracker:
         mlflow.set_tracking_uri(self.tracking_uri)
         with mlflow.start_run(run_id=run_id, log_system_metrics=False):
             # Explicit requirements: inferring them would load the model in a subprocess (seconds).
-            # `pickle`: mlflow.pytorch.load_model gives back the nn.Module that trained, whatever its layers
-            # (`pt2`, MLflow 3.17's default, goes through torch.export instead).
+            # `pt2` (torch.export, the batch dimension dynamic from the signature): loading it runs no pickled
+            # code, so MLflow's warning about pickle is gone; load_model gives a GraphModule for inference.
+            # Training it further starts from the weights (sweeps/<study>/weights) and build_model instead.
             # step=-1: log_model links every run metric logged at its `step` to the model, and the system
             # metrics' sample indices (0, 1, ...) would be among them; no metric is logged at -1.
-            info = mlflow.pytorch.log_model(model, name=name, serialization_format="pickle", signature=signature,
+            info = mlflow.pytorch.log_model(model, name=name, serialization_format="pt2", signature=signature,
                                             input_example=example.numpy(), tags={k: str(v) for k, v in
                                                                                  (tags or {}).items()},
                                             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
                                             step=-1)
             if metrics:
                 mlflow.log_metrics(metrics, step=step, model_id=info.model_id)
+            self._link_last_points(run_id, link_metrics, info.model_id)
         if before.status != "RUNNING" and before.end_time:
             self.client.set_terminated(run_id, status=before.status, end_time=before.end_time)
         if self.registered_model is not None:
             self.register_model(run_id, tags)
         return info.model_uri
+
+    def _link_last_points(self, run_id: str, keys: tuple[str, ...], model_id: str) -> None:
+        """Link the run's last point of each metric in `keys` to the logged model. Logged again as it is (same
+        step, value and time), the run's own history gains no point: MLflow's store skips a metric row it
+        already has and adds only the model's link."""
+        from mlflow.entities import Metric
+
+        points = []
+        for key in keys:
+            history = self.client.get_metric_history(run_id, key)
+            if history:
+                last = max(history, key=lambda m: (m.step, m.timestamp))
+                points.append(Metric(key, last.value, last.timestamp, last.step, model_id=model_id))
+        if points:
+            self.client.log_batch(run_id, metrics=points)
 
     def register_model(self, run_id: str, tags: Optional[dict[str, Any]] = None) -> Optional[int]:
         """Register the latest model logged by `run_id` under `registered_model`, unless a version of that name

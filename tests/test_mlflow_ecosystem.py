@@ -121,6 +121,15 @@ def test_best_model_is_registered_with_signature_and_input_example(swept):
     (logged,) = client.search_logged_models(experiment_ids=[best_child.info.experiment_id])
     linked = {m.key for m in logged.metrics or []}
     assert {"test_accuracy", "test_macro_f1"} <= linked and not [k for k in linked if k.startswith("system/")]
+    # and the validation figures it was chosen by: the run's last point of each, linked, not logged twice
+    for key in ("val_accuracy", "val_macro_f1", "val_loss"):
+        history = client.get_metric_history(best_run, key)
+        assert len(history) == len({m.step for m in history})  # one point per epoch still
+        last = max(history, key=lambda m: m.step)
+        (on_model,) = [m for m in logged.metrics if m.key == key]
+        assert (on_model.value, on_model.step) == (last.value, last.step)
+    # saved with torch.export (pt2), not pickle: loading it runs no pickled code
+    assert [f.name for f in (Path(local) / "data").iterdir()] == ["model.pt2"]
     assert logged.name == "tiny-best"
     (test_point,) = client.get_metric_history(best_run, "test_accuracy")
     assert best_child.info.status == "FINISHED" and best_child.info.end_time <= test_point.timestamp
