@@ -496,3 +496,20 @@ def test_the_pages_trials_table_leaves_out_what_every_trial_shares(in_swept):
     for link, run_id in zip(links, frame["run_id"]):
         # a link without the password (the browser asks for it), never with one, nor with *** in its place
         assert link == f"http://mlflow.example:5000/#/experiments/{data.experiment_id}/runs/{run_id}"
+
+
+def test_the_dashboard_copy_shows_a_parameter_with_branches_once(in_swept):
+    """optuna-dashboard read the study's storage, where `train.lr` is a parameter per optimiser branch: two
+    axes in its importance, slice and parallel-coordinates views. The report's copy has one, trial for trial."""
+    assert report.main(["--study", "tiny", "--no-mlflow"]) == 0
+    own = optuna.load_study(study_name="tiny", storage=f"sqlite:///{in_swept / 'sweeps/tiny/optuna.db'}")
+    copy = optuna.load_study(study_name="tiny", storage=f"sqlite:///{in_swept / 'reports/tiny/dashboard.db'}")
+    assert [(t.number, t.state, t.values) for t in copy.trials] == [(t.number, t.state, t.values) for t in own.trials]
+    assert any("train.lr[" in p for t in own.trials for p in t.params)  # the space does sample it per branch
+    for mine, theirs in zip(own.trials, copy.trials):
+        lr = [v for p, v in mine.params.items() if p.startswith("train.lr[")]
+        assert "train.lr" in theirs.params if lr else True
+        assert [v for p, v in theirs.params.items() if p.startswith("train.lr")] == lr
+        assert theirs.intermediate_values == mine.intermediate_values
+    assert copy.metric_names == own.metric_names == ["val_accuracy"] and copy.user_attrs == own.user_attrs
+    assert "optuna-dashboard sqlite:///" in (in_swept / "reports/tiny/report.md").read_text()

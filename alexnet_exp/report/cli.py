@@ -20,6 +20,7 @@ from . import figures
 from . import study_figures
 from .data import StudyData, discover_studies, load_study_data, param_columns, trials_frame
 from .noise import configurations, labels_by_trial, noise_blocks
+from .one_label import EVERY_STATE, one_label_study
 from .page_table import page_table
 from .references import reference_blocks, reported_blocks
 from .render import Block, Figure, Table, fmt as _fmt, render_html, render_markdown
@@ -164,9 +165,23 @@ def study_report(data: StudyData, out_dir: Path, weights_root: Path = names.SWEE
         f"the best trial's weights are not in {weights.parent}")
     if missing:
         blocks.append("Not drawn: " + "; ".join(missing) + ".")
+    blocks.append(f"optuna-dashboard with one label per parameter (a copy of the study as this report read it, "
+                  f"branches merged as in these figures): `optuna-dashboard sqlite:///{out_dir / DASHBOARD_DB}`.")
     (out_dir / "report.md").write_text(render_markdown(blocks))
     (out_dir / "report.html").write_text(render_html(blocks, f"Study {data.name}"))
+    _dashboard_copy(data, out_dir / DASHBOARD_DB)
     return sorted(out_dir.iterdir())
+
+
+DASHBOARD_DB = "dashboard.db"
+
+
+def _dashboard_copy(data: StudyData, path: Path) -> None:
+    """The study as optuna-dashboard should show it: a parameter with branches (`train.lr` per optimiser) is
+    one parameter in its importance, slice and parallel-coordinates views, as in the report. A new file each
+    time; the study's own storage is only read."""
+    path.unlink(missing_ok=True)
+    one_label_study(data.study, EVERY_STATE, f"sqlite:///{path}")
 
 
 def comparison_report(studies: list[StudyData], out_dir: Path) -> list[Path]:

@@ -5,11 +5,13 @@ parameter per branch (`train.lr[train.optimizer=sgd]`, `train.lr[train.optimizer
 branch keeps its own history in the sampler (space_params.optuna_name). Read that way, every importance,
 slice and parallel-coordinates view splits the learning rate in two, and "how much does the learning rate
 matter" has no answer. The report draws from a copy of the study, in memory, where each trial's branch
-parameter carries the entry's own name and a distribution covering every branch.
+parameter carries the entry's own name and a distribution covering every branch; it also writes such a copy
+of every trial to reports/<study>/dashboard.db, for optuna-dashboard to show the same way.
 """
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Optional
 
 import optuna
@@ -38,9 +40,14 @@ def _union(a: BaseDistribution, b: BaseDistribution) -> Optional[BaseDistributio
     return None
 
 
-def one_label_study(study: optuna.Study) -> optuna.Study:
-    """An in-memory copy of `study`'s complete trials with branch parameters under their entry's name."""
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+EVERY_STATE = tuple(TrialState)  # a copy for the dashboard keeps every trial, so that its numbers stay the same
+
+
+def one_label_study(study: optuna.Study, states: tuple[TrialState, ...] = (TrialState.COMPLETE,),
+                    storage: Optional[str] = None) -> optuna.Study:
+    """A copy of `study`'s trials in `states` with branch parameters under their entry's name: in memory, or
+    in `storage` (a new study of the same name, metric names and user attributes, for optuna-dashboard)."""
+    trials = study.get_trials(deepcopy=False, states=states)
     merged: dict[str, BaseDistribution] = {}
     apart: set[str] = set()  # entries whose branches cannot share an axis keep their branch names
     for t in trials:
@@ -57,9 +64,17 @@ def one_label_study(study: optuna.Study) -> optuna.Study:
     level = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created in memory" on the console
     try:
-        copy = optuna.create_study(directions=[d.name.lower() for d in study.directions])
+        copy = optuna.create_study(directions=[d.name.lower() for d in study.directions], storage=storage,
+                                   study_name=study.study_name if storage else None)
     finally:
         optuna.logging.set_verbosity(level)
+    if storage is not None:
+        for key, value in study.user_attrs.items():
+            copy.set_user_attr(key, value)
+        if study.metric_names:
+            with warnings.catch_warnings():  # experimental in Optuna 5; what the dashboard names its axis by
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                copy.set_metric_names(study.metric_names)
     for t in trials:
         params, dists = {}, {}
         for name, value in t.params.items():
@@ -67,7 +82,8 @@ def one_label_study(study: optuna.Study) -> optuna.Study:
             label = entry if entry in merged else name
             params[label] = value
             dists[label] = merged[entry] if entry in merged else t.distributions[name]
-        copy.add_trial(optuna.trial.create_trial(params=params, distributions=dists, values=t.values,
-                                                 intermediate_values=t.intermediate_values,
-                                                 user_attrs=t.user_attrs))
+        copy.add_trial(optuna.trial.FrozenTrial(
+            number=t.number, state=t.state, value=None, values=t.values, datetime_start=t.datetime_start,
+            datetime_complete=t.datetime_complete, params=params, distributions=dists, user_attrs=t.user_attrs,
+            system_attrs={}, intermediate_values=t.intermediate_values, trial_id=t._trial_id))
     return copy
