@@ -33,6 +33,10 @@ SYSTEM_METRICS_INTERVAL_S = 2.0
 SYSTEM_METRICS_SAMPLES_PER_POINT = 5
 
 
+# The experiment's kind, as the MLflow UI (3.x) records it when a person picks one; without it the UI infers
+# one. (Its GenAI / Model training switch at the top left is the browser's own setting, not this tag.)
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+
 SQLITE_LOCK_PATIENCE_S = 180.0  # how long a call waits, in all, for a SQLite store locked by another process
 
 
@@ -187,9 +191,12 @@ class Tracker:
         if found is not None:
             if found.lifecycle_stage == "deleted":
                 self.client.restore_experiment(found.experiment_id)
+            if EXPERIMENT_KIND_TAG not in found.tags:  # made by an older version: say what it is now
+                self.client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             return found.experiment_id
         try:
-            return self.client.create_experiment(name, artifact_location=self._artifact_location())
+            return self.client.create_experiment(name, artifact_location=self._artifact_location(),
+                                                 tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except mlflow.exceptions.MlflowException as exc:
             # Another process (of another study with the same experiment, on a tracking server) was first.
             found = self.client.get_experiment_by_name(name)

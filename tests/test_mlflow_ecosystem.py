@@ -119,6 +119,9 @@ def test_best_model_is_registered_with_signature_and_input_example(swept):
     best_child = client.get_run(best_run)
     assert chosen.tags["trial"] == best_child.data.tags["trial"]
     (logged,) = client.search_logged_models(experiment_ids=[best_child.info.experiment_id])
+    # the UI opens the experiment in its model-training layout, not the GenAI one it guessed
+    assert client.get_experiment(best_child.info.experiment_id).tags["mlflow.experimentKind"] == \
+        "custom_model_development"
     linked = {m.key for m in logged.metrics or []}
     assert {"test_accuracy", "test_macro_f1"} <= linked and not [k for k in linked if k.startswith("system/")]
     # and the validation figures it was chosen by: the run's last point of each, linked, not logged twice
