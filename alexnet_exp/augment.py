@@ -18,7 +18,14 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # pixel std, 0.247...): what the CIFAR-100 notebook normalised with.
 CIFAR10_CONSTANTS_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_CONSTANTS_STD = (0.2023, 0.1994, 0.2010)
-NORMALIZATIONS = ("none", "dataset", "imagenet", "cifar10_constants")
+# Each input normalisation by name: the (mean, std) it takes, from the training split's stats or fixed;
+# `none` leaves the pixels in [0, 1].
+NORMALIZATIONS = {
+    "none": lambda stats: (torch.zeros(3), torch.ones(3)),
+    "dataset": lambda stats: (stats.mean, stats.std),
+    "imagenet": lambda stats: (torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)),
+    "cifar10_constants": lambda stats: (torch.tensor(CIFAR10_CONSTANTS_MEAN), torch.tensor(CIFAR10_CONSTANTS_STD)),
+}
 
 
 @dataclass(frozen=True)
@@ -138,14 +145,7 @@ class BatchAugmenter:
         self.pre_resize = pre_resize
         self.crop_size = crop_size
         self.ten_crop = ten_crop
-        if normalize == "dataset":
-            mean, std = stats.mean, stats.std
-        elif normalize == "imagenet":
-            mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
-        elif normalize == "cifar10_constants":
-            mean, std = torch.tensor(CIFAR10_CONSTANTS_MEAN), torch.tensor(CIFAR10_CONSTANTS_STD)
-        else:
-            mean, std = torch.zeros(3), torch.ones(3)
+        mean, std = NORMALIZATIONS[normalize](stats)
         self._mean = mean.view(1, 3, 1, 1)
         self._std = std.view(1, 3, 1, 1)
 

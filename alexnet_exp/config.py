@@ -16,7 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, model_validator
 
 from .architecture import input_size_problem
-from .rates import (BATCH_SCALINGS, LR_BATCH_SCALING, LR_REFERENCE, OPTIMIZERS, WEIGHT_DECAY_REFERENCE, lr_scale_for,
+from .choices import BATCH_SCALINGS, DATASETS, NORMALIZATIONS, OPTIMIZERS, PRUNERS, SAMPLERS, SCHEDULES
+from .rates import (LR_BATCH_SCALING, LR_REFERENCE, WEIGHT_DECAY_REFERENCE, lr_scale_for,
                     scaled_lr, scaled_weight_decay, weight_decay_scale_for)
 from .space_params import (CategoricalParam, FloatParam, IntParam, SpaceEntry, active_branch, branches,
                            space_problems)
@@ -53,7 +54,7 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    dataset: Literal["cifar10", "cifar100", "synthetic", "digits", "glyphs", "imagefolder"] = "synthetic"
+    dataset: Literal[DATASETS] = "synthetic"  # type: ignore[valid-type]
     # cifar: the folder holding cifar-10-batches-py/, cifar-100-python/ or their .tar.gz; imagefolder: the
     # folder of class folders (root/<class>/<image>), or of train/ with optional val/ and test/ beside it
     root: str = "data"
@@ -109,7 +110,7 @@ class AugmentConfig(_Section):
     flip: bool = True  # random horizontal flip, drawn per image
     pca_color: float = Field(0.0, ge=0.0, le=1.0)  # sigma of the paper's PCA colour noise (paper: 0.1); 0 = off
     # dataset: the training split's mean/std; cifar10_constants: the CIFAR-100 notebook's (0.4914, ...)/(0.2023, ...)
-    normalize: Literal["none", "dataset", "imagenet", "cifar10_constants"] = "dataset"
+    normalize: Literal[NORMALIZATIONS] = "dataset"  # type: ignore[valid-type]
     input_size: Optional[int] = Field(None, ge=16, le=512)  # resize target; default: the architecture's own
     # resize to this side first, then to the input size (train and eval): the notebook's Resize(230), Resize(227)
     pre_resize: Optional[int] = Field(None, ge=16, le=512)
@@ -160,7 +161,7 @@ class TrainConfig(_Section):
     weight_decay_reference: dict[_Optimizer, PositiveFloat] = WEIGHT_DECAY_REFERENCE
     batch_size: int = Field(128, ge=1, le=65536)
     epochs: int = Field(10, ge=1, le=10000)
-    schedule: Literal["none", "step", "plateau", "cosine", "onecycle"] = "none"
+    schedule: Literal[SCHEDULES] = "none"  # type: ignore[valid-type]
     # epochs of linear rise to the peak rate before the schedule (large batches and high rates without batchnorm
     # need one); onecycle rises by itself over 30% of its steps and takes 0
     warmup_epochs: int = Field(0, ge=0, le=1000)
@@ -229,8 +230,6 @@ class ReportedFigures(_Section):
 
 # ---- sweep sections (read by space.py / sweep.py); the space's entries are in space_params.py -----------
 
-SAMPLERS = ("tpe", "random", "grid", "gp", "cmaes", "qmc")
-PRUNERS = ("median", "percentile", "successive_halving", "hyperband", "none")
 
 
 class RepeatsConfig(_Section):

@@ -310,6 +310,31 @@ def _load_image_folder(root: str, image_size: int, cache_dir: Optional[str], bad
     return train, val, test, cache.class_names
 
 
+def _cifar(*, dataset, root, download, checksums, **_):
+    return load_cifar(dataset, root, download=download, checksums=checksums)
+
+
+def _synthetic(*, synthetic_classes, synthetic_train_size, synthetic_test_size, **_):
+    n_orient = math.ceil(math.sqrt(synthetic_classes))
+    return (make_synthetic(synthetic_train_size, synthetic_classes, seed=0),
+            make_synthetic(synthetic_test_size, synthetic_classes, seed=1),
+            [f"o{c % n_orient}_f{c // n_orient}" for c in range(synthetic_classes)])
+
+
+def _glyphs(*, glyph_classes, glyph_train_per_class, glyph_test_per_class, **_):
+    from .glyphs import load_glyphs  # imported here: glyphs.py imports DataError from this module
+
+    return load_glyphs(glyph_classes, glyph_train_per_class, glyph_test_per_class)
+
+
+# Each dataset that is held in memory whole, by name: (train images, labels), (test images, labels), class
+# names, from the `data:` section's settings it reads (the others pass by). The validation split is carved
+# from the training images by load_dataset. An image folder (FOLDER_DATASET) has a loader of its own.
+IN_MEMORY_DATASETS = {"cifar10": _cifar, "cifar100": _cifar, "synthetic": _synthetic,
+                      "digits": lambda **_: _load_digits(), "glyphs": _glyphs}
+FOLDER_DATASET = "imagefolder"
+
+
 def load_dataset(dataset: str, *, root: str = "data", download: bool = True, val_fraction: float = 0.1,
                  split_seed: int = 0, max_train: Optional[int] = None, max_val: Optional[int] = None,
                  synthetic_classes: int = 10, synthetic_train_size: int = 5000, synthetic_test_size: int = 1000,
@@ -324,27 +349,18 @@ def load_dataset(dataset: str, *, root: str = "data", download: bool = True, val
     `glyphs` (glyphs.py) is generated in memory: the first `glyph_classes` characters of a fixed order,
     `glyph_train_per_class` images each in the training fonts (the validation split is carved from these) and
     `glyph_test_per_class` each in held-out fonts for the test split."""
-    if dataset in ("cifar10", "cifar100"):
-        (tx, ty), (sx, sy), names = load_cifar(dataset, root, download=download, checksums=checksums)
-    elif dataset == "synthetic":
-        tx, ty = make_synthetic(synthetic_train_size, synthetic_classes, seed=0)
-        sx, sy = make_synthetic(synthetic_test_size, synthetic_classes, seed=1)
-        n_orient = math.ceil(math.sqrt(synthetic_classes))
-        names = [f"o{c % n_orient}_f{c // n_orient}" for c in range(synthetic_classes)]
-    elif dataset == "digits":
-        (tx, ty), (sx, sy), names = _load_digits()
-    elif dataset == "glyphs":
-        from .glyphs import load_glyphs  # imported here: glyphs.py imports DataError from this module
-
-        (tx, ty), (sx, sy), names = load_glyphs(glyph_classes, glyph_train_per_class, glyph_test_per_class)
-    elif dataset == "imagefolder":
+    if dataset == FOLDER_DATASET:
         from .streaming import resident_budget
 
         return _folder_data(root, image_size, image_cache_dir, bad_images, test_fraction, val_fraction, split_seed,
                             max_train, max_val, resident_budget(device, resident_gb), device)
-    else:
-        raise DataError(f"unknown dataset {dataset!r}; valid: cifar10, cifar100, synthetic, digits, glyphs, "
-                        f"imagefolder")
+    if dataset not in IN_MEMORY_DATASETS:
+        raise DataError(f"unknown dataset {dataset!r}; valid: {', '.join([*IN_MEMORY_DATASETS, FOLDER_DATASET])}")
+    (tx, ty), (sx, sy), names = IN_MEMORY_DATASETS[dataset](
+        dataset=dataset, root=root, download=download, checksums=checksums, synthetic_classes=synthetic_classes,
+        synthetic_train_size=synthetic_train_size, synthetic_test_size=synthetic_test_size,
+        glyph_classes=glyph_classes, glyph_train_per_class=glyph_train_per_class,
+        glyph_test_per_class=glyph_test_per_class)
     keep, held = stratified_split(ty, max(1, round(len(ty) * val_fraction)), split_seed)
     train_x, train_y = _subset(tx[keep], ty[keep], max_train, split_seed)
     val_x, val_y = _subset(tx[held], ty[held], max_val, split_seed)

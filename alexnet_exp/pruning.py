@@ -23,7 +23,8 @@ from optuna.pruners import BasePruner, HyperbandPruner
 
 from . import names
 from .budget import is_measurement
-from .config import PRUNERS, ConfigError
+from .choices import PRUNERS
+from .config import ConfigError
 from .train.optim import ONECYCLE_PCT_START
 
 # Keys of study.pruner_options read here, not passed on to the Optuna pruner.
@@ -129,17 +130,20 @@ class BudgetHyperband(HyperbandPruner):
         return study.narrowed(lambda t: self._get_bracket_id(study, t) == bracket_id)
 
 
+# Each pruner that prunes, by name, built for one epoch budget from `study.pruner_options` (`none`, which
+# prunes nothing, is make_pruner's NopPruner). median and percentile act only once 3 trials of the budget
+# have finished.
+PRUNER_BUILDERS: dict[str, Callable[[dict[str, Any], int], BasePruner]] = {
+    "median": lambda options, budget: optuna.pruners.MedianPruner(**{"n_startup_trials": 3, **options}),
+    "percentile": lambda options, budget: optuna.pruners.PercentilePruner(
+        **{"percentile": 25.0, "n_startup_trials": 3, **options}),
+    "successive_halving": lambda options, budget: optuna.pruners.SuccessiveHalvingPruner(**options),
+    "hyperband": lambda options, budget: BudgetHyperband(**{"min_resource": 1, **options, "max_resource": budget}),
+}
+
+
 def _inner_pruner(name: str, options: dict[str, Any], budget: int) -> BasePruner:
-    pruners = optuna.pruners
-    if name == "median":  # only once 3 trials of the budget have finished
-        return pruners.MedianPruner(**{"n_startup_trials": 3, **options})
-    if name == "percentile":
-        return pruners.PercentilePruner(**{"percentile": 25.0, "n_startup_trials": 3, **options})
-    if name == "successive_halving":
-        return pruners.SuccessiveHalvingPruner(**options)
-    if name == "hyperband":
-        return BudgetHyperband(**{"min_resource": 1, **options, "max_resource": budget})
-    raise AssertionError(name)
+    return PRUNER_BUILDERS[name](options, budget)
 
 
 class FairPruner(BasePruner):

@@ -23,9 +23,7 @@ from __future__ import annotations
 import math
 from typing import Mapping
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
 REFERENCE_BATCH = 256  # the batch size at which a reference rate applies as it is
-BATCH_SCALINGS = ("linear", "sqrt", "none")
 
 # Rates at lr_scale 1 and batch 256: the paper's SGD 0.01 at batch 128 (momentum 0.9), and for Adam and AdamW
 # the middle of their useful range on AlexNet-sized networks (1e-3, their default, is at its top without
@@ -37,15 +35,14 @@ LR_BATCH_SCALING = {"sgd": "linear", "adam": "sqrt", "adamw": "sqrt"}
 WEIGHT_DECAY_REFERENCE = {"sgd": 5e-4, "adam": 5e-4, "adamw": 5e-2}
 
 
+# Each batch scaling by name: the factor a batch of `ratio` x REFERENCE_BATCH images puts on the rate.
+BATCH_FACTORS = {"linear": lambda ratio: ratio, "sqrt": math.sqrt, "none": lambda ratio: 1.0}
+
+
 def batch_factor(batch_size: int, scaling: str) -> float:
-    ratio = batch_size / REFERENCE_BATCH
-    if scaling == "linear":
-        return ratio
-    if scaling == "sqrt":
-        return math.sqrt(ratio)
-    if scaling == "none":
-        return 1.0
-    raise ValueError(f"unknown batch scaling {scaling!r}; valid: {', '.join(BATCH_SCALINGS)}")
+    if scaling not in BATCH_FACTORS:
+        raise ValueError(f"unknown batch scaling {scaling!r}; valid: {', '.join(BATCH_FACTORS)}")
+    return BATCH_FACTORS[scaling](batch_size / REFERENCE_BATCH)
 
 
 def tidy(x: float) -> float:

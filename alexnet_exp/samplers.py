@@ -150,30 +150,35 @@ def grid_points(space: dict[str, SpaceEntry]) -> dict[str, list]:
     return grid
 
 
+# Each sampler but grid (a study-wide one, _TrialSeededGrid) by name: built per trial from that trial's seed,
+# the study's shared seed and `study.sampler_options`.
+PER_TRIAL_SAMPLERS: dict[str, Callable[[int, int, dict[str, Any]], BaseSampler]] = {
+    # constant_liar: a running trial counts as a poor result, so parallel workers spread out.
+    "tpe": lambda s, shared, options: optuna.samplers.TPESampler(seed=s, **{"constant_liar": True, **options}),
+    "random": lambda s, shared, options: optuna.samplers.RandomSampler(seed=s, **options),
+    "gp": lambda s, shared, options: optuna.samplers.GPSampler(seed=s, **options),
+    "cmaes": lambda s, shared, options: optuna.samplers.CmaEsSampler(seed=s, **options),
+    "qmc": lambda s, shared, options: _TrialIndexedQMC(
+        seed=shared, independent_sampler=optuna.samplers.RandomSampler(seed=s), **options),
+}
+
+
 def make_sampler(name: str, options: dict[str, Any], seed: Optional[int],
                  space: dict[str, SpaceEntry], failures_as_worst: bool = True) -> BaseSampler:
     """The named Optuna sampler, seeded per trial (see the module's docstring). `seed: None` draws a random
     study seed in each process: trials then differ from run to run and still from worker to worker.
     `failures_as_worst`: the sampler learns from failed trials (TrialSeededSampler); off only to measure the
     search as it was before (bench.py's search mode)."""
-    samplers = optuna.samplers
     study_seed = seed if seed is not None else int(np.random.SeedSequence().generate_state(1)[0])
     shared_seed = seed if seed is not None else 0  # grid and QMC: every process must use the same one
-    per_trial = {
-        # constant_liar: a running trial counts as a poor result, so parallel workers spread out.
-        "tpe": lambda s: samplers.TPESampler(seed=s, **{"constant_liar": True, **options}),
-        "random": lambda s: samplers.RandomSampler(seed=s, **options),
-        "gp": lambda s: samplers.GPSampler(seed=s, **options),
-        "cmaes": lambda s: samplers.CmaEsSampler(seed=s, **options),
-        "qmc": lambda s: _TrialIndexedQMC(seed=shared_seed, independent_sampler=samplers.RandomSampler(seed=s),
-                                          **options),
-    }
-    if name not in per_trial and name != "grid":
-        raise ConfigError("study.sampler", [f"study.sampler: {name!r}; valid: {', '.join([*per_trial, 'grid'])}"])
+    if name not in PER_TRIAL_SAMPLERS and name != "grid":
+        raise ConfigError("study.sampler", [f"study.sampler: {name!r}; valid: "
+                                            f"{', '.join([*PER_TRIAL_SAMPLERS, 'grid'])}"])
     points = grid_points(space) if name == "grid" else None  # its own errors name the space's key
     try:
         if name == "grid":
             return _TrialSeededGrid(points, seed=shared_seed, **options)
-        return TrialSeededSampler(per_trial[name], study_seed, failures_as_worst)
+        build = PER_TRIAL_SAMPLERS[name]
+        return TrialSeededSampler(lambda s: build(s, shared_seed, options), study_seed, failures_as_worst)
     except (TypeError, ValueError, ImportError) as exc:
         raise ConfigError("study.sampler_options", [f"study.sampler_options for {name}: {exc}"]) from None

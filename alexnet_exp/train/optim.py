@@ -8,20 +8,20 @@ import torch
 # OneCycleLR's share of the steps spent warming up (PyTorch's default, set here so that the pruner's warm-up,
 # pruning.py, reads the same figure).
 ONECYCLE_PCT_START = 0.3
-SCHEDULES = ("none", "step", "plateau", "cosine", "onecycle")
+# Each optimiser by name, with the settings only it takes (momentum and Nesterov: SGD's; Adam's betas stay
+# PyTorch's defaults).
+OPTIMIZER_CLASSES = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+_MOMENTUM_TAKERS = ("sgd",)
 
 
 def make_optimizer(params, name: str, lr: float, *, momentum: float, nesterov: bool, weight_decay: float,
                    fused: bool) -> torch.optim.Optimizer:
+    if name not in OPTIMIZER_CLASSES:
+        raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZER_CLASSES)}")
     extra = {"fused": True} if fused else {}
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
-                               **extra)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **extra)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **extra)
-    raise ValueError(f"unknown optimizer {name!r}; valid: sgd, adam, adamw")
+    if name in _MOMENTUM_TAKERS:
+        extra.update(momentum=momentum, nesterov=nesterov)
+    return OPTIMIZER_CLASSES[name](params, lr=lr, weight_decay=weight_decay, **extra)
 
 
 def _warmed_up(factor, warmup_steps: int):
@@ -32,6 +32,24 @@ def _warmed_up(factor, warmup_steps: int):
             return (step + 1) / warmup_steps
         return factor(step - warmup_steps)
     return with_warmup
+
+
+def _reduce_on_plateau(optimizer, *, lr_factor, plateau_patience, **_):
+    # the paper: divide by 10 when the validation error stops improving
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=lr_factor,
+                                                      patience=plateau_patience)
+
+
+# Each schedule by name, without a warm-up (Schedule builds the warmed-up ones): its PyTorch scheduler, or None.
+_SCHEDULES = {
+    "none": lambda optimizer, **_: None,
+    "step": lambda optimizer, *, step_epochs, lr_factor, **_: torch.optim.lr_scheduler.StepLR(
+        optimizer, step_size=step_epochs, gamma=lr_factor),
+    "plateau": _reduce_on_plateau,
+    "cosine": lambda optimizer, *, total, **_: torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total),
+    "onecycle": lambda optimizer, *, total, lr, **_: torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=lr, total_steps=total, pct_start=ONECYCLE_PCT_START, cycle_momentum=False),
+}
 
 
 class Schedule:
@@ -46,8 +64,8 @@ class Schedule:
 
     def __init__(self, optimizer, name: str, epochs: int, steps_per_epoch: int, lr: float,
                  step_epochs: int = 10, lr_factor: float = 0.1, plateau_patience: int = 2, warmup_epochs: int = 0):
-        if name not in SCHEDULES:
-            raise ValueError(f"unknown schedule {name!r}; valid: {', '.join(SCHEDULES)}")
+        if name not in _SCHEDULES:
+            raise ValueError(f"unknown schedule {name!r}; valid: {', '.join(_SCHEDULES)}")
         if warmup_epochs and name == "onecycle":
             raise ValueError("onecycle warms up by itself (30% of its steps): warmup_epochs must be 0")
         if warmup_epochs >= epochs and warmup_epochs:
@@ -69,21 +87,11 @@ class Schedule:
             self.impl = sched.LambdaLR(optimizer, _warmed_up(factors[name], self.warmup_steps))
             self.per_step = True
             if name == "plateau":
-                self.plateau = sched.ReduceLROnPlateau(optimizer, mode="min", factor=lr_factor,
-                                                       patience=plateau_patience)
+                self.plateau = _reduce_on_plateau(optimizer, lr_factor=lr_factor, plateau_patience=plateau_patience)
             return
         self.per_step = name in ("cosine", "onecycle")
-        if name == "none":
-            self.impl = None
-        elif name == "step":
-            self.impl = sched.StepLR(optimizer, step_size=step_epochs, gamma=lr_factor)
-        elif name == "plateau":  # the paper: divide by 10 when validation error stops improving
-            self.impl = sched.ReduceLROnPlateau(optimizer, mode="min", factor=lr_factor, patience=plateau_patience)
-        elif name == "cosine":
-            self.impl = sched.CosineAnnealingLR(optimizer, T_max=total)
-        else:
-            self.impl = sched.OneCycleLR(optimizer, max_lr=lr, total_steps=total, pct_start=ONECYCLE_PCT_START,
-                                         cycle_momentum=False)
+        self.impl = _SCHEDULES[name](optimizer, total=total, lr=lr, step_epochs=step_epochs, lr_factor=lr_factor,
+                                     plateau_patience=plateau_patience)
 
     @property
     def warming_up(self) -> bool:
