@@ -35,6 +35,7 @@ from .study_store import trained_values
 from .tracking import Tracker
 from .trial_state import TrialStateStore
 from .train import EpochMetrics, evaluate
+from .upstream import frozen_trial, retried_trial_number, retry_history
 
 
 class TrialFailed(Exception):
@@ -121,10 +122,11 @@ class RetryChain:
 def _retry_chain(trial: optuna.Trial) -> RetryChain:
     trials = trial.study.get_trials(deepcopy=False)  # one read for all of it
     frozen = next(t for t in trials if t.number == trial.number)
-    history = frozen.system_attrs.get("retry_history") or []
+    history = retry_history(frozen)
     run_of = {t.number: t.user_attrs.get(names.MLFLOW_RUN_ID) for t in trials}
     previous = history[-1] if history else None
-    return RetryChain(frozen.system_attrs.get("failed_trial", trial.number), previous, run_of.get(previous),
+    first = retried_trial_number(frozen)
+    return RetryChain(trial.number if first is None else first, previous, run_of.get(previous),
                       [run_of[n] for n in reversed(history) if run_of.get(n)])
 
 
@@ -183,12 +185,12 @@ def _is_surplus(trial: optuna.Trial, n_trials: int, repeats: Optional[RepeatsCon
     """A sampled trial beyond the search budget: taken at the same moment as the last slot, or started once
     the repeats for this budget are planned (a worker that found no queued repeat left). Planned repeats are
     never surplus."""
-    frozen = trial.study._storage.get_trial(trial._trial_id)
+    frozen = frozen_trial(trial)
     if is_repeat(frozen):
         return False
     plan = load_plan(trial.study) if repeats is not None else None
     if (plan is not None and plan.made_for(n_trials, repeats.top_k, repeats.seeds)
-            and trial.number > plan.after_trial and "failed_trial" not in frozen.system_attrs):
+            and trial.number > plan.after_trial and retried_trial_number(frozen) is None):
         return True
     return surplus(trial.study, trial.number, n_trials)
 

@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 from . import names
 from .budget import budget_state, is_repeat, is_verdict
 from .seed_stats import SeedStats, seed_stats
+from .upstream import retry_history
 
 SEED_KEY = "train.seed"
 
@@ -122,7 +123,7 @@ def search_settled(study: optuna.Study, n_trials: int) -> bool:
 def _present(trial: optuna.trial.FrozenTrial, max_retries: int) -> bool:
     """A repeat that is done, under way or queued, or that its worker lost and Optuna is about to retry (it
     fails the stale trial first and queues the retry just after, outside any lock of ours)."""
-    retries_left = len(trial.system_attrs.get("retry_history", [])) < max_retries
+    retries_left = len(retry_history(trial)) < max_retries
     return (trial.state in (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
             or is_verdict(trial) or (trial.user_attrs.get(names.FAIL_KIND) == names.LOST and retries_left))
 

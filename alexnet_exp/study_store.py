@@ -23,6 +23,7 @@ from .config import ConfigError, ReportedFigures, RunConfig, config_from_dict, d
 from .redaction import redact_url
 from .retries import transient_storage_errors
 from .space import baseline_name, baseline_trial, space_signature
+from .upstream import retry_history
 
 # Heartbeats and the stale-trial retry are marked experimental; they are what makes killed workers recoverable.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -272,11 +273,11 @@ def requeue_unfinished(study: optuna.Study) -> int:
 def unfinished(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
     """The failed trials `requeue_unfinished` runs again: interrupted ones, and baselines that raised an error
     with tries left; none already retried."""
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    retried = {n for t in trials for n in retry_history(t)}
     return [t for t in trials if t.state == TrialState.FAIL and t.number not in retried and (
         t.user_attrs.get(names.FAIL_KIND) == names.INTERRUPTED or (
             t.user_attrs.get(names.FAIL_KIND) == names.ERROR and is_asked_for(t)
-            and len(t.system_attrs.get("retry_history", [])) < MAX_RETRIES))]
+            and len(retry_history(t)) < MAX_RETRIES))]
 
 
 def _baselines_out_of_tries(trials: list[optuna.trial.FrozenTrial]) -> set[str]:

@@ -22,6 +22,7 @@ from ..config import ConfigError, RunConfig, config_from_dict, parse_yaml
 from ..redaction import without_credentials
 from ..repeats import config_groups, load_plan
 from ..tracking import resolve_tracking_uri
+from ..upstream import retry_history
 from .one_label import one_label_study
 
 CURVES = ("train_loss", "val_loss", "val_accuracy", "val_macro_f1")
@@ -199,12 +200,12 @@ def load_study_data(name: str, storage: str, tracking_uri: Optional[str] = None)
         row.started, row.completed = t.datetime_start, t.datetime_complete
         row.verdict = is_verdict(t)
         row.fail_kind = t.user_attrs.get(names.FAIL_KIND, "") if t.state == TrialState.FAIL else ""
-        row.tries = 1 + len(t.system_attrs.get("retry_history") or [])
+        row.tries = 1 + len(retry_history(t))
         rows.append(row)
     # A retried trial's time is its tries' together: a resume that trained one last epoch did not take 58 s.
     by_number = {r.number: r for r in rows}
     for t in study.get_trials(deepcopy=False):
-        earlier = [by_number[n].duration_s for n in t.system_attrs.get("retry_history") or [] if n in by_number]
+        earlier = [by_number[n].duration_s for n in retry_history(t) if n in by_number]
         if earlier and by_number[t.number].duration_s is not None:
             by_number[t.number].duration_s += sum(d for d in earlier if d is not None)
     complete = [r for r in rows if r.state == "COMPLETE" and r.value is not None and math.isfinite(r.value)]

@@ -85,5 +85,5 @@ def one_label_study(study: optuna.Study, states: tuple[TrialState, ...] = (Trial
         copy.add_trial(optuna.trial.FrozenTrial(
             number=t.number, state=t.state, value=None, values=t.values, datetime_start=t.datetime_start,
             datetime_complete=t.datetime_complete, params=params, distributions=dists, user_attrs=t.user_attrs,
-            system_attrs={}, intermediate_values=t.intermediate_values, trial_id=t._trial_id))
+            system_attrs={}, intermediate_values=t.intermediate_values, trial_id=0))  # add_trial gives its own id
     return copy
