@@ -46,7 +46,8 @@ def train_macs(model: nn.Module, size: int) -> float:
     def hook(module, inputs, output):
         nonlocal total
         if isinstance(module, nn.Conv2d):
-            total += output.numel() * (module.in_channels // module.groups) * module.kernel_size[0] * module.kernel_size[1]
+            fan_in = (module.in_channels // module.groups) * module.kernel_size[0] * module.kernel_size[1]
+            total += output.numel() * fan_in
         elif isinstance(module, nn.Linear):
             total += module.in_features * module.out_features * (output.numel() // module.out_features)
 
@@ -283,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
               "torch": torch.__version__, "python": platform.python_version(), "images": n, "variants": {}}
     gen = torch.Generator().manual_seed(0)
     inputs = {}
-    for arch, size, batch in variants:
+    for arch, _size, batch in variants:
         count = n if arch == "alexnet_cifar" or cuda else max(batch * 4, 64)  # the 227 net is slow on a CPU
         inputs[arch] = (torch.randint(0, 256, (count, 3, 32, 32), dtype=torch.uint8, generator=gen),
                         torch.randint(0, 100, (count,), generator=gen), max(3, min(40, count // batch - 1)))

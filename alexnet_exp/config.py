@@ -17,11 +17,17 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationErro
 
 from .architecture import input_size_problem
 from .choices import BATCH_SCALINGS, DATASETS, NORMALIZATIONS, OPTIMIZERS, PRUNERS, SAMPLERS, SCHEDULES
-from .rates import (LR_BATCH_SCALING, LR_REFERENCE, WEIGHT_DECAY_REFERENCE, lr_scale_for,
-                    scaled_lr, scaled_weight_decay, weight_decay_scale_for)
-from .space_params import (CategoricalParam, FloatParam, IntParam, SpaceEntry, active_branch, branches,
-                           space_problems)
+from .rates import (
+    LR_BATCH_SCALING,
+    LR_REFERENCE,
+    WEIGHT_DECAY_REFERENCE,
+    lr_scale_for,
+    scaled_lr,
+    scaled_weight_decay,
+    weight_decay_scale_for,
+)
 from .redaction import redact_text
+from .space_params import CategoricalParam, FloatParam, IntParam, SpaceEntry, active_branch, branches, space_problems
 
 
 class ConfigError(ValueError):

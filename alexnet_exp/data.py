@@ -258,7 +258,8 @@ def make_synthetic(n: int, num_classes: int, seed: int) -> tuple[np.ndarray, np.
         s = slice(start, min(start + 4096, n))
         proj = xx[None] * np.cos(orient[s])[:, None, None] + yy[None] * np.sin(orient[s])[:, None, None]
         wave = np.sin(2 * np.pi * freq[s][:, None, None] * proj + phase[s][:, None, None])
-        img = bg[s][:, :, None, None] + (contrast[s][:, None, None] * wave)[:, None] * (fg[s] - 0.5)[:, :, None, None] * 2
+        stripes = (contrast[s][:, None, None] * wave)[:, None]
+        img = bg[s][:, :, None, None] + stripes * (fg[s] - 0.5)[:, :, None, None] * 2
         img = img + rng.normal(0, 0.06, img.shape)
         images[s] = np.clip(img * 255, 0, 255).round().astype(np.uint8)
     return images, labels.astype(np.int64)

@@ -73,7 +73,8 @@ def training_rate(root: Path, cache_dir: Path, device: torch.device, batch: int,
 
 
 def documents_rate(root: Path, device: torch.device, batch: int, steps: int, arch: str, width: float) -> float:
-    from torchvision import datasets, transforms as T
+    from torchvision import datasets
+    from torchvision import transforms as T
 
     from .architecture import ARCH_INPUT_SIZE
     from .bench import _with_torch_lrn, timed_training

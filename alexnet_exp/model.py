@@ -7,8 +7,6 @@ import torch.nn.functional as F
 
 from .architecture import ARCH_INPUT_SIZE, ARCHS, scaled_channels, spatial_size
 
-
-
 NORMS = ("lrn", "batchnorm", "conv1_batchnorm", "none")
 INITS = ("paper", "kaiming", "pytorch")
 

@@ -22,8 +22,8 @@ import torch
 from . import names
 from .budget import is_repeat, surplus
 from .config import ConfigError, RepeatsConfig, RunConfig, dump_config, inactive_paths, resolved_rates
-from .pipeline import DataCache, input_size, make_augmenter, make_model, train_run
 from .figures_common import confusion_png
+from .pipeline import DataCache, input_size, make_augmenter, make_model, train_run
 from .progress import SweepProgress
 from .progress import warn as _warn
 from .pruning import record_budget
@@ -33,8 +33,8 @@ from .retries import retry_transient, storage_problem, transient_storage_errors
 from .space import suggest
 from .study_store import trained_values
 from .tracking import Tracker
-from .trial_state import TrialStateStore
 from .train import EpochMetrics, evaluate
+from .trial_state import TrialStateStore
 from .upstream import frozen_trial, retried_trial_number, retry_history
 
 

@@ -13,10 +13,10 @@ from typing import Callable, Optional
 
 import torch
 
+from .architecture import ARCH_INPUT_SIZE
 from .augment import BatchAugmenter, ColorStats, color_stats
 from .config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
 from .data import ImageData, load_dataset
-from .architecture import ARCH_INPUT_SIZE
 from .model import AlexNet, build_model
 from .train import EpochMetrics, FitResult, FitSettings, fit
 

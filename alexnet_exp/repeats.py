@@ -92,7 +92,8 @@ def _configuration(trial: optuna.trial.FrozenTrial) -> str:
     return json.dumps({k: v for k, v in values_of(trial).items() if k != SEED_KEY}, sort_keys=True)
 
 
-def top_configurations(trials: list[optuna.trial.FrozenTrial], k: int, maximize: bool) -> list[optuna.trial.FrozenTrial]:
+def top_configurations(trials: list[optuna.trial.FrozenTrial], k: int,
+                       maximize: bool) -> list[optuna.trial.FrozenTrial]:
     """The K best COMPLETE search trials with distinct configurations (a baseline and a sampled trial that
     happen to agree count once), best first; ties keep the lower trial number."""
     complete = [t for t in trials if t.state == TrialState.COMPLETE and not is_repeat(t)]
@@ -194,7 +195,8 @@ def config_groups(study: optuna.Study, plan: RepeatPlan) -> list[ConfigGroup]:
             if t.state == TrialState.COMPLETE:
                 by_seed.setdefault(repeat_key(t), t)
         members = [original] + list(by_seed.values())
-        failed = sum(1 for t in repeats if t.state == TrialState.PRUNED or (is_verdict(t) and t.state == TrialState.FAIL))
+        failed = sum(1 for t in repeats
+                     if t.state == TrialState.PRUNED or (is_verdict(t) and t.state == TrialState.FAIL))
         fresh = seed_stats([t.value for t in by_seed.values()]) if by_seed else None
         groups.append(ConfigGroup(original, members, failed, seed_stats([t.value for t in members]), fresh))
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE

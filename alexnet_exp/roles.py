@@ -23,18 +23,34 @@ from . import names
 from .budget import budget_state, is_repeat, is_verdict
 from .config import RunConfig, dump_config
 from .locks import study_lock
-from .objective import TrialContext, best_value as _best_value, evaluate_on_test, run_trial
+from .objective import TrialContext, evaluate_on_test, run_trial
+from .objective import best_value as _best_value
 from .pipeline import DataCache, input_size, make_augmenter
 from .progress import SweepProgress, warn, worker_label
 from .redaction import redact_url
-from .study_store import (MAX_RETRIES, enqueue_baselines, open_study, record_search_changes, requeue_unfinished,
-                          unfinished)
+from .repeats import (
+    ConfigGroup,
+    RepeatPlan,
+    best_search_trial,
+    config_groups,
+    ensure_repeats,
+    load_plan,
+    repeats_state,
+    search_settled,
+    sweep_complete,
+)
+from .retries import retry_transient, storage_error_behind, storage_problem
+from .seed_stats import seed_stats
+from .study_store import (
+    MAX_RETRIES,
+    enqueue_baselines,
+    open_study,
+    record_search_changes,
+    requeue_unfinished,
+    unfinished,
+)
 from .tracking import Tracker
 from .trial_state import TrialStateStore
-from .seed_stats import seed_stats
-from .repeats import (ConfigGroup, RepeatPlan, best_search_trial, config_groups, ensure_repeats, load_plan,
-                      repeats_state, search_settled, sweep_complete)
-from .retries import retry_transient, storage_error_behind, storage_problem
 from .workers import POLL_SECONDS, run_trials
 
 
@@ -366,7 +382,8 @@ def evaluate_best_once(run: SweepStudy, cache: DataCache, state: TrialStateStore
         return summary
     metrics = {k: sum(r[k] for r in results) / len(results) for k in results[0]}
     if len(results) > 1:  # the mean over the chosen configuration's seeds, and how much they spread
-        metrics.update({f"{k}_std": seed_stats([r[k] for r in results]).std for k in ("test_accuracy", "test_macro_f1")})
+        metrics.update({f"{k}_std": seed_stats([r[k] for r in results]).std
+                        for k in ("test_accuracy", "test_macro_f1")})
         metrics["test_seeds"] = len(results)
     tracker.log_metrics(run.parent_id, metrics, step=best.number)
     # the chosen configuration's value (with repeats, the mean over its seeds): apart from the best_ history

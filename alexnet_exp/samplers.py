@@ -133,8 +133,9 @@ def grid_points(space: dict[str, SpaceEntry]) -> dict[str, list]:
     grid = {}
     lists = [p for p, e in space.items() if isinstance(e, list)]
     if lists:  # each branch would be an axis of its own: every real configuration trained many times over
-        raise ConfigError("study.sampler", [f"space.{p}: the grid sampler cannot take a list of branches; give each "
-                                            f"choice its own categorical values, or use another sampler" for p in lists])
+        raise ConfigError("study.sampler", [
+            f"space.{p}: the grid sampler cannot take a list of branches; give each choice its own categorical "
+            f"values, or use another sampler" for p in lists])
     for path, entry, param in ((p, e, b) for p, e in space.items() for b in branches(e)):
         name = optuna_name(path, entry, param)
         if isinstance(param, CategoricalParam):

@@ -187,9 +187,9 @@ def plot(results: list[StudyResult], epoch_budget: int, path: Path, title: str) 
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     import textwrap
+
+    import matplotlib.pyplot as plt
 
     colours = {"default": "tab:green", "random": "tab:blue", "before": "tab:orange"}
     # one line style per study seed: strategies of one seed share TPE's random start-up, so their curves meet
@@ -218,8 +218,9 @@ def plot(results: list[StudyResult], epoch_budget: int, path: Path, title: str) 
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m alexnet_exp.bench search", description="Random search against the shipped search, at equal compute, on the glyphs task "
-                                "(see alexnet_exp/search_bench.py).")
+    p = argparse.ArgumentParser(prog="python -m alexnet_exp.bench search",
+                                description="Random search against the shipped search, at equal compute, on the "
+                                            "glyphs task (see alexnet_exp/search_bench.py).")
     p.add_argument("--config", default="search_spaces/glyphs.yaml", help="the default strategy's YAML")
     p.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated, of: " + ", ".join(STRATEGIES))
     p.add_argument("--seeds", default="0,1", help="study seeds, comma-separated")

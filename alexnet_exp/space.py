@@ -10,7 +10,8 @@ from .config import RunConfig, as_scales, ordered_params
 from .space_params import CategoricalParam, IntParam, SpaceEntry, SpaceParam, active_branch, optuna_name
 
 
-def suggest(trial: optuna.Trial, space: dict[str, SpaceEntry], fixed: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+def suggest(trial: optuna.Trial, space: dict[str, SpaceEntry],
+            fixed: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Sample the active parameters of `space` for `trial`; `fixed` values are taken as they are (baselines,
     repeats). A parameter with branches is sampled from the branch its conditions select, under that branch's
     own Optuna name (see space_params.optuna_name); `values` holds it under its dotted path."""

@@ -127,7 +127,7 @@ def retry_callback(max_retry: Optional[int] = MAX_RETRIES) -> optuna.storages.Re
 
 
 def open_storage(url: str, heartbeat_seconds: int = 20) -> optuna.storages.BaseStorage:
-    if not url.split(":", 1)[0].split("+", 1)[0] in ("sqlite", "postgresql", "mysql"):
+    if url.split(":", 1)[0].split("+", 1)[0] not in ("sqlite", "postgresql", "mysql"):
         raise ConfigError("study.storage", [f"study.storage: {redact_url(url)!r} is not an Optuna RDB URL "
                                             f"(sqlite:///path.db, postgresql://user:pass@host/db, mysql://...)"])
     import sqlalchemy.exc

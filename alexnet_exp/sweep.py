@@ -28,18 +28,26 @@ from .data import DataError
 from .pipeline import DataCache
 from .processes import gpu_list, python_command, supervise, watch_launcher
 from .progress import warn
+from .pruning import make_pruner
 from .redaction import redact_text, redact_url
 from .retries import retry_transient
-from .roles import (SweepStudy, budget_left, close_parent, finish_study, join_study, prepare_to_join, run_worker,
-                    setup_study, trial_counts)
-from .pruning import make_pruner
+from .roles import (
+    SweepStudy,
+    budget_left,
+    close_parent,
+    finish_study,
+    join_study,
+    prepare_to_join,
+    run_worker,
+    setup_study,
+    trial_counts,
+)
 from .samplers import make_sampler
 from .space import suggest
 from .space_params import branches
 from .study_store import StudyMismatch, default_storage, enqueue_baselines, open_storage
 from .tracking import Tracker, resolve_tracking_uri
 from .train import resolve_device
-
 
 # ---- the run -------------------------------------------------------------------------------------------------
 
@@ -342,7 +350,8 @@ def _print_end(run: SweepStudy, summary: Optional[dict], took: str, say_missing:
             spread = (f"{interval} over {n} fresh seed{'s' if n != 1 else ''} (the search seed that chose it: "
                       f"{summary['value_search_seed']:.4f}; all seeds: {summary['value_all_seeds']:.4f})")
             if "test_accuracy_std" in summary:
-                test = (f"; held-out test accuracy {summary['test_accuracy']:.4f} ± {summary['test_accuracy_std']:.4f}, "
+                test = (f"; held-out test accuracy {summary['test_accuracy']:.4f} ± "
+                        f"{summary['test_accuracy_std']:.4f}, "
                         f"macro-F1 {summary['test_macro_f1']:.4f} ± {summary['test_macro_f1_std']:.4f} "
                         f"({summary['test_seeds']} seeds)")
         else:

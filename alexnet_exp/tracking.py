@@ -248,7 +248,8 @@ class Tracker:
 
     def start_trial(self, parent_id: str, run_name: str, params: dict[str, Any], tags: dict[str, Any]) -> str:
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags={
-            "mlflow.parentRunId": parent_id, names.ROLE_TAG: names.ROLE_TRIAL, **{k: _text(v) for k, v in tags.items()}})
+            "mlflow.parentRunId": parent_id, names.ROLE_TAG: names.ROLE_TRIAL,
+            **{k: _text(v) for k, v in tags.items()}})
         run_id = run.info.run_id
         self.log_params(run_id, params)
         if self.system_metrics:

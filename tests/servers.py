@@ -12,7 +12,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from waits import Launched
 
 PASSWORD = "pg-s3cret"

@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
 from waits import until
 
 INSTALL_HINT = "apt-get install slurm-wlm munge"

@@ -33,8 +33,9 @@ def test_search_benchmark_compares_strategies_at_equal_epochs(tmp_path, monkeypa
     epoch budget is spent, and the summary, the JSON and the figure say what each reached."""
     import json
 
-    from alexnet_exp import bench
     from sweep_helpers import write_config
+
+    from alexnet_exp import bench
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -1,3 +1,4 @@
+import pydantic
 import pytest
 
 from alexnet_exp.config import ConfigError, config_from_dict, load_config, parse_yaml
@@ -88,7 +89,7 @@ def test_missing_file_and_invalid_yaml(tmp_path):
 
 def test_config_is_immutable_and_with_values_revalidates():
     config = config_from_dict({})
-    with pytest.raises(Exception):
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
         config.train.lr = 1.0
     changed = config.with_values({"train.lr": 0.2, "model.norm": "none"})
     assert changed.train.lr == 0.2 and changed.model.norm == "none" and config.train.lr == 0.01

@@ -3,9 +3,9 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from cifar_fixture import pack, write_cifar
 
 from alexnet_exp.data import DataError, load_cifar, load_dataset, make_synthetic, stratified_split
-from cifar_fixture import pack, write_cifar
 
 
 def test_cifar10_folder_layout_loads(tmp_path):

@@ -120,7 +120,7 @@ def test_one_pinned_image_pulled_only_if_not_present():
     ref = image_ref()
     assert ":" in ref and not ref.endswith(":latest")  # :latest means imagePullPolicy Always: a Docker Hub pull
     using = set()
-    for (kind, name), spec in pod_specs(manifests()).items():
+    for (_kind, name), spec in pod_specs(manifests()).items():
         for container in all_containers(spec):
             assert container.get("imagePullPolicy") == "IfNotPresent", (name, container["name"])
             if container["image"] != "postgres:16":
@@ -141,7 +141,7 @@ WAITERS = {name: [("postgres", 5432), ("mlflow", 5000)] for name in STEPS} | {"m
 def wait_containers():
     docs = manifests()
     found = {}
-    for (kind, name), spec in pod_specs(docs).items():
+    for (_kind, name), spec in pod_specs(docs).items():
         if name in WAITERS:
             (wait,) = spec["initContainers"]
             assert wait["command"][:2] == ["python", "-c"] and "socket.create_connection" in wait["command"][2]
@@ -207,7 +207,7 @@ def test_bad_input_and_repeated_errors_fail_the_job_at_once_and_evictions_do_not
 
 
 def test_every_container_requests_cpu_and_memory_and_has_a_memory_limit():
-    for (kind, name), spec in pod_specs(manifests()).items():
+    for (_kind, name), spec in pod_specs(manifests()).items():
         for container in all_containers(spec):
             resources = container.get("resources", {})
             requests, limits = resources.get("requests", {}), resources.get("limits", {})

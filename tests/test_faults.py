@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 from optuna.trial import TrialState
-
-from alexnet_exp.tracking import Tracker
-from waits import Launched, until
 from sweep_helpers import mlflow_runs, run_sweep, write_config
 from test_workers import study_of
+from waits import Launched, until
+
+from alexnet_exp.tracking import Tracker
 
 # One process of the dataset race: open the store, make a run, then at each of ROUNDS barriers log a dataset
 # input that no run has logged yet (a new digest per round), as parallel first trials do.

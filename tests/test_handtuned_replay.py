@@ -50,7 +50,8 @@ def test_each_notebook_run_is_replayed_as_it_was_trained():
         trained, reported = replayed[f"notebook-run-{run}"]
         t, a, m = trained.train, trained.augment, trained.model
         assert (t.batch_size, t.lr, t.optimizer, t.epochs) == (batch, lr, optimizer, epochs), run
-        assert (a.pre_resize, a.flip, a.normalize, a.crop, a.pca_color) == (pre_resize, flip, normalize, False, 0.0), run
+        assert (a.pre_resize, a.flip, a.normalize, a.crop, a.pca_color) == \
+            (pre_resize, flip, normalize, False, 0.0), run
         # plain torch.optim.SGD(params, lr=lr) / Adam(params, lr=lr): no momentum, no decay, no schedule
         assert (t.momentum, t.weight_decay, t.schedule, t.label_smoothing) == (0.0, 0.0, "none", 0.0), run
         # its network: BatchNorm after conv1 only, dropout 0.5 after the hidden FC layers, PyTorch's init, and

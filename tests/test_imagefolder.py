@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from waits import STALL_S
 
 from alexnet_exp.data import DataError, load_dataset
 from alexnet_exp.image_decode import decode
 from alexnet_exp.imagefolder import load_folder_cache, scan
-from waits import STALL_S
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (40, 50, 230)}
 
@@ -295,8 +295,9 @@ def test_an_epoch_left_early_stops_its_gathering_thread(tmp_path):
 
 
 def test_a_sweep_on_a_folder_of_photos_names_its_classes_in_the_report(tmp_path, monkeypatch):
-    from alexnet_exp import report
     from sweep_helpers import mlflow_runs, run_sweep, write_config
+
+    from alexnet_exp import report
 
     monkeypatch.chdir(tmp_path)
     root = write_folder(tmp_path / "photos", per_class=16, size=(48, 36))

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import accuracy_score, confusion_matrix as sk_confusion, f1_score, precision_recall_fscore_support
+from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+from sklearn.metrics import confusion_matrix as sk_confusion
 
 from alexnet_exp.metrics import accuracy, confusion_matrix, macro_f1, per_class
 

@@ -18,12 +18,12 @@ import pytest
 import torch
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
+from sweep_helpers import TINY, mlflow_runs, run_sweep, write_config
+from waits import Launched
 
 from alexnet_exp.config import config_from_dict
 from alexnet_exp.pipeline import DataCache, input_size, make_augmenter
 from alexnet_exp.tracking import Tracker
-from waits import Launched
-from sweep_helpers import TINY, mlflow_runs, run_sweep, write_config
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_NAME = "tiny-best"
@@ -205,8 +205,10 @@ def test_readme_searches_find_what_they_say(swept):
         "tags.role = 'trial'": set(by_id),
         "tags.role = 'trial' and tags.mlflow.parentRunId = '<PARENT_RUN_ID>'": set(by_id),
         "tags.state = 'COMPLETE' and metrics.val_accuracy > 0.5":
-            {i for i, c in by_id.items() if c.data.tags["state"] == "COMPLETE" and c.data.metrics["val_accuracy"] > 0.5},
-        "params.\"train.optimizer\" = 'sgd'": {i for i, c in by_id.items() if c.data.params["train.optimizer"] == "sgd"},
+            {i for i, c in by_id.items()
+             if c.data.tags["state"] == "COMPLETE" and c.data.metrics["val_accuracy"] > 0.5},
+        "params.\"train.optimizer\" = 'sgd'":
+            {i for i, c in by_id.items() if c.data.params["train.optimizer"] == "sgd"},
         "params.`model.norm` != 'lrn' and tags.role = 'trial'":
             {i for i, c in by_id.items() if c.data.params["model.norm"] != "lrn"},
         "metrics.`system/cpu_utilization_percentage` > 50":

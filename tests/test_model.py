@@ -2,8 +2,16 @@ import pytest
 import torch
 import torch.nn as nn
 
-from alexnet_exp.model import (ARCH_INPUT_SIZE, ChannelSumLRN, Dropout, _band, _inverse_power, _window_sum_conv,
-                               _window_sum_shifted, build_model)
+from alexnet_exp.model import (
+    ARCH_INPUT_SIZE,
+    ChannelSumLRN,
+    Dropout,
+    _band,
+    _inverse_power,
+    _window_sum_conv,
+    _window_sum_shifted,
+    build_model,
+)
 
 
 @pytest.mark.parametrize("arch,width", [("alexnet", 0.125), ("alexnet_cifar", 0.25)])
@@ -23,7 +31,7 @@ def test_paper_network_has_the_paper_shapes():
     assert [(c.out_channels, c.kernel_size[0], c.stride[0], c.groups) for c in convs] == [
         (96, 11, 4, 1), (256, 5, 1, 2), (384, 3, 1, 1), (384, 3, 1, 2), (256, 3, 1, 2)]
     linears = [m for m in model.classifier if isinstance(m, nn.Linear)]
-    assert [(l.in_features, l.out_features) for l in linears] == [(9216, 4096), (4096, 4096), (4096, 1000)]
+    assert [(fc.in_features, fc.out_features) for fc in linears] == [(9216, 4096), (4096, 4096), (4096, 1000)]
     pools = [m for m in model.features if isinstance(m, nn.MaxPool2d)]
     assert len(pools) == 3 and all(p.kernel_size == 3 and p.stride == 2 for p in pools)  # overlapping
     assert sum(isinstance(m, ChannelSumLRN) for m in model.features) == 2
@@ -68,7 +76,7 @@ def test_paper_init():
     convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
     linears = [m for m in model.classifier if isinstance(m, nn.Linear)]
     assert [float(c.bias.detach().mean()) for c in convs] == [0.0, 1.0, 0.0, 1.0, 1.0]
-    assert all(float(l.bias.detach().mean()) == 1.0 for l in linears)
+    assert all(float(fc.bias.detach().mean()) == 1.0 for fc in linears)
     for layer in convs + linears:
         assert layer.weight.std().item() == pytest.approx(0.01, rel=0.1)
 

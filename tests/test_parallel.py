@@ -9,14 +9,14 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
+from sweep_helpers import mlflow_runs, run_sweep, write_config
+from test_workers import SLOW, launch, running_trial_at_epoch, study_of, trial_states
+from waits import until
 
 from alexnet_exp.budget import is_verdict
 from alexnet_exp.config import config_from_dict
 from alexnet_exp.samplers import make_sampler
 from alexnet_exp.space import suggest
-from sweep_helpers import mlflow_runs, run_sweep, write_config
-from waits import until
-from test_workers import SLOW, launch, running_trial_at_epoch, study_of, trial_states
 
 SPACE = config_from_dict({"space": {
     "train.lr": {"type": "float", "low": 0.001, "high": 0.1, "log": True},
@@ -35,7 +35,7 @@ def sampled_in_lockstep(name, space, processes=3, rounds=3, seed=0):
     seen = []
     for _ in range(rounds):
         asked = [(s, s.ask()) for s in studies]  # all running at once, before any result
-        for study, trial in asked:
+        for _, trial in asked:
             values = suggest(trial, space)
             seen.append(json.dumps(values, sort_keys=True))
         for study, trial in asked:

@@ -6,8 +6,15 @@ import pytest
 
 from alexnet_exp import names
 from alexnet_exp.config import ConfigError
-from alexnet_exp.pruning import (BudgetHyperband, FairPruner, SameBudgetStudy, WarmupRule, make_pruner,
-                                 record_budget, warmup_rule)
+from alexnet_exp.pruning import (
+    BudgetHyperband,
+    FairPruner,
+    SameBudgetStudy,
+    WarmupRule,
+    make_pruner,
+    record_budget,
+    warmup_rule,
+)
 
 HIGH = [0.5, 0.6, 0.7]  # three finished trials: the median pruner's startup
 

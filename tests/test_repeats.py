@@ -5,13 +5,12 @@ import json
 import optuna
 import pytest
 from optuna.trial import TrialState
+from sweep_helpers import mlflow_runs, run_sweep, write_config
 
 from alexnet_exp import names
 from alexnet_exp.repeats import config_groups, ensure_repeats, load_plan, repeat_key, top_configurations
 from alexnet_exp.seed_stats import seed_stats, within_noise
 from alexnet_exp.study_store import default_storage
-
-from sweep_helpers import mlflow_runs, run_sweep, write_config
 
 REPEATS = {"name": "tiny", "n_trials": 4, "pruner": "none", "sampler": "random", "seed": 0,
            "repeats": {"top_k": 2, "seeds": 2}}

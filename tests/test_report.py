@@ -9,9 +9,9 @@ from html.parser import HTMLParser
 import optuna
 import pandas as pd
 import pytest
+from sweep_helpers import mlflow_runs, run_sweep, write_config
 
 from alexnet_exp import report
-from sweep_helpers import mlflow_runs, run_sweep, write_config
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -11,12 +11,12 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
-
-from alexnet_exp.budget import is_verdict
-from waits import until
 from servers import PASSWORD
 from slurm_cluster import start_slurm
 from sweep_helpers import write_config
+from waits import until
+
+from alexnet_exp.budget import is_verdict
 
 SUBMIT = Path(__file__).resolve().parents[1] / "deploy" / "slurm" / "submit.sh"
 

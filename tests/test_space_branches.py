@@ -65,7 +65,8 @@ def test_branch_errors_name_the_branch():
         "space.train.lr: a list of branches needs two or more; write a single distribution as a mapping"]
     assert "branches can only depend on categorical parameters" in errors_of(
         {"space": {"train.momentum": {"type": "float", "low": 0.5, "high": 0.9},
-                   "train.lr": [{**SGD_LR, "when": {"train.momentum": 0.5}}, {**ADAM_LR, "when": {"train.momentum": 0.9}}]}})[0]
+                   "train.lr": [{**SGD_LR, "when": {"train.momentum": 0.5}},
+                                {**ADAM_LR, "when": {"train.momentum": 0.9}}]}})[0]
 
 
 def test_baseline_is_enqueued_under_its_branch_name_and_keeps_reported_figures():

@@ -1,7 +1,8 @@
 import multiprocessing as mp
 
-from alexnet_exp.study_store import open_storage
 from waits import STALL_S
+
+from alexnet_exp.study_store import open_storage
 
 
 def _open_when_released(url, start, ready, results):

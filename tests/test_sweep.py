@@ -3,11 +3,11 @@ import json
 import optuna
 import pytest
 from optuna.trial import TrialState
+from sweep_helpers import TINY, mlflow_runs, run_sweep, write_config
 
 from alexnet_exp.config import config_from_dict
-from alexnet_exp.space import suggest
 from alexnet_exp.redaction import redact_url as redact
-from sweep_helpers import TINY, mlflow_runs, run_sweep, write_config
+from alexnet_exp.space import suggest
 
 
 @pytest.fixture
@@ -273,7 +273,7 @@ def test_a_study_from_before_a_new_option_resumes_at_its_default(in_tmp, capsys)
     more = write_config(in_tmp / "b.yaml", study={"name": "tiny", "n_trials": 2, "sampler": "random", "pruner": "none"})
     assert run_sweep(in_tmp, more) == 0
     assert len(load_study(in_tmp).get_trials()) == 2
-    other = write_config(in_tmp / "c.yaml", study={"name": "tiny", "n_trials": 3, "sampler": "random", "pruner": "none"},
-                         model={"dropout_at": "fc_outputs"})
+    other = write_config(in_tmp / "c.yaml", model={"dropout_at": "fc_outputs"},
+                         study={"name": "tiny", "n_trials": 3, "sampler": "random", "pruner": "none"})
     assert run_sweep(in_tmp, other) == 2
     assert "model.dropout_at stored None, now 'fc_outputs'" in capsys.readouterr().err

@@ -10,8 +10,16 @@ from alexnet_exp.config import TrainConfig
 from alexnet_exp.model import build_model
 from alexnet_exp.pipeline import fit_settings
 from alexnet_exp.stopping import at_chance, explosion, stall_count
-from alexnet_exp.train import (EpochMetrics, Schedule, evaluate, fit, make_optimizer, steps_per_epoch,
-                               train_one_epoch, resolve_device)
+from alexnet_exp.train import (
+    EpochMetrics,
+    Schedule,
+    evaluate,
+    fit,
+    make_optimizer,
+    resolve_device,
+    steps_per_epoch,
+    train_one_epoch,
+)
 
 CALLBACKS = ("on_epoch", "on_batch", "on_checkpoint", "resume")
 
@@ -355,7 +363,7 @@ def test_warmup_rises_linearly_then_the_schedule_runs(name):
     sched = Schedule(opt, name, epochs=5, steps_per_epoch=4, lr=0.1, step_epochs=1, lr_factor=0.1,
                      plateau_patience=0, warmup_epochs=2)
     lrs = [opt.param_groups[0]["lr"]]  # the first batch's rate
-    for epoch in range(5):
+    for _epoch in range(5):
         for _ in range(4):
             opt.step()
             sched.after_step()

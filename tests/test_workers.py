@@ -6,10 +6,10 @@ import sys
 
 import optuna
 from optuna.trial import TrialState
+from sweep_helpers import mlflow_runs, run_sweep, write_config
+from waits import Launched
 
 from alexnet_exp.budget import is_verdict
-from waits import Launched
-from sweep_helpers import mlflow_runs, run_sweep, write_config
 
 
 def launch(tmp_path, config, *flags, env=None) -> Launched:

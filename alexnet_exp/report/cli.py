@@ -16,14 +16,14 @@ import pandas as pd
 
 from .. import names
 from ..redaction import redact_url
-from . import figures
-from . import study_figures
+from . import figures, study_figures
 from .data import StudyData, discover_studies, load_study_data, param_columns, trials_frame
 from .noise import configurations, labels_by_trial, noise_blocks
 from .one_label import EVERY_STATE, one_label_study
 from .page_table import page_table
 from .references import reference_blocks, reported_blocks
-from .render import Block, Figure, Table, fmt as _fmt, render_html, render_markdown
+from .render import Block, Figure, Table, render_html, render_markdown
+from .render import fmt as _fmt
 
 # Below this many complete trials, fANOVA's importances are mostly noise (issue 12).
 IMPORTANCE_MIN_TRIALS = 10
@@ -35,7 +35,8 @@ def _test_sentence(test: dict) -> str:
     if test.get("test_seeds", 1) > 1:  # repeats: each of the chosen configuration's seeds' models, once
         return (f" Held-out test split (evaluated once, for this configuration only; mean ± std of its "
                 f"{int(test['test_seeds'])} seeds' models): accuracy {test['test_accuracy']:.4f} ± "
-                f"{test['test_accuracy_std']:.4f}, macro-F1 {test['test_macro_f1']:.4f} ± {test['test_macro_f1_std']:.4f}.")
+                f"{test['test_accuracy_std']:.4f}, macro-F1 {test['test_macro_f1']:.4f} ± "
+                f"{test['test_macro_f1_std']:.4f}.")
     return (f" Held-out test split (evaluated once, for this trial only): accuracy {test['test_accuracy']:.4f}, "
             f"macro-F1 {test['test_macro_f1']:.4f}.")
 

@@ -9,8 +9,8 @@ from typing import Optional
 
 import pandas as pd
 
-from .data import StudyData
 from ..seed_stats import SeedStats, binomial_halfwidth, seed_stats, within_noise
+from .data import StudyData
 
 BEST = "best"
 TIED = "tied with the best (equal value)"

@@ -1,0 +1,19 @@
+"""The code's lint (ruff, configured in pyproject.toml at the code's own width) runs with the tests, so CI
+runs it: an unused import, an unsorted import block or a line past 120 characters fails here."""
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_ruff_finds_nothing():
+    ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
+    if not Path(ruff).exists():
+        pytest.skip("ruff is not installed (it comes with the `test` extra: pip install -e \".[test]\")")
+    done = subprocess.run([ruff, "check", "--no-cache", "alexnet_exp", "tests"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
