@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import functools
 import json
 import sys
 import time
@@ -20,6 +21,7 @@ from optuna.trial import TrialState
 from . import names
 from .budget import is_verdict
 from .config import ConfigError, ReportedFigures, RunConfig, config_from_dict, dump_config, parse_yaml
+from .interrupts import whole_write
 from .redaction import redact_url
 from .retries import transient_storage_errors
 from .space import baseline_name, baseline_trial, space_signature
@@ -124,6 +126,24 @@ class _RetryStaleTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
 def retry_callback(max_retry: Optional[int] = MAX_RETRIES) -> optuna.storages.RetryHeartbeatStaleTrialCallback:
     # inherit_intermediate_values: the retry resumes from a checkpoint, so the pruner must see those epochs.
     return _RetryStaleTrial(max_retry=max_retry, inherit_intermediate_values=True)
+
+
+def _as_whole_writes(cls):
+    """Each call of Optuna's storage interface on `cls` as a whole write: a SIGTERM or Ctrl-C during one takes
+    effect when it returns, never with the SQLite write lock held by a half-done transaction (interrupts.py)."""
+    for name in dir(optuna.storages.BaseStorage):
+        method = getattr(cls, name)
+        if name.startswith("_") or not callable(method):
+            continue
+
+        def whole(self, *args, _method=method, **kwargs):
+            with whole_write():
+                return _method(self, *args, **kwargs)
+        setattr(cls, name, functools.wraps(method)(whole))
+    return cls
+
+
+_as_whole_writes(ResilientRDBStorage)
 
 
 def open_storage(url: str, heartbeat_seconds: int = 20) -> optuna.storages.BaseStorage:

@@ -25,6 +25,7 @@ from . import names
 from .budget import budget_state
 from .config import ConfigError, RunConfig, load_config, ordered_params, resolved_rates, with_epochs_everywhere
 from .data import DataError
+from .interrupts import request_stop
 from .pipeline import DataCache
 from .processes import gpu_list, python_command, supervise, watch_launcher
 from .progress import warn
@@ -162,7 +163,7 @@ def _raise_interrupt(signum, frame):
     if _stopping:
         return
     _stopping = True
-    raise KeyboardInterrupt(f"signal {signum}")
+    request_stop(f"signal {signum}")  # at once, or when the store write under way ends (interrupts.py)
 
 
 def _exit_code(why: str) -> int:

@@ -21,6 +21,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 
 from . import names
+from .interrupts import whole_write
 from .locks import file_lock, sqlite_path
 from .redaction import redact_text, redact_url
 
@@ -59,7 +60,8 @@ class _PatientClient:
             said = False
             while True:
                 try:
-                    return attr(*args, **kwargs)
+                    with whole_write():  # a signal waits for the write's end, not cut it with the lock held
+                        return attr(*args, **kwargs)
                 except Exception as exc:
                     if "database is locked" not in str(exc) or time.monotonic() > deadline:
                         raise

@@ -507,3 +507,77 @@ def test_folders_that_vanish_mid_trial_are_made_again(tmp_path, monkeypatch, cap
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
     best = max(trials, key=lambda t: t.value)
     assert names.weights_path(names.weights_dir("tiny"), best.number).is_file()
+
+
+def test_a_signal_during_a_store_write_takes_effect_when_the_write_ends(tmp_path):
+    """SIGTERM raised inside a write to MLflow's SQLite store could leave this process's connection holding the
+    write lock: a worker whose launcher was SIGKILLed then waited on its own lock, three minutes per call,
+    before it could record its trial as interrupted (seen in the killed-launcher test)."""
+    import signal
+
+    import sqlalchemy
+    from mlflow import MlflowClient
+
+    from alexnet_exp import sweep
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "signals", system_metrics=False)
+    run = tracker.client.create_run(tracker.experiment_id).info.run_id
+    engine = tracker.client._client._tracking_client.store.engine
+    sent = []
+
+    def signal_mid_write(conn, cursor, statement, *args):
+        if statement.lstrip().upper().startswith("INSERT INTO PARAMS") and not sent:
+            sent.append(statement)
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler runs here, between this and the INSERT
+
+    previous = signal.signal(signal.SIGTERM, sweep._raise_interrupt)
+    sqlalchemy.event.listen(engine, "before_cursor_execute", signal_mid_write)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            tracker.client.log_param(run, "lr", "0.1")
+    finally:
+        sqlalchemy.event.remove(engine, "before_cursor_execute", signal_mid_write)
+        signal.signal(signal.SIGTERM, previous)
+        sweep._stopping = False
+    assert sent  # the signal did come in the middle of the write
+    other = MlflowClient(uri)
+    other.log_param(run, "momentum", "0.9")  # another connection writes at once: no lock was left behind
+    assert other.get_run(run).data.params == {"lr": "0.1", "momentum": "0.9"}  # and the write was whole
+
+
+def test_a_signal_during_an_optuna_storage_write_takes_effect_when_it_ends(tmp_path):
+    """The same for the study's SQLite storage: each call of Optuna's storage interface is whole."""
+    import signal
+
+    import optuna
+    import sqlalchemy
+
+    from alexnet_exp import sweep
+    from alexnet_exp.study_store import open_storage
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    storage = open_storage(url)
+    study = optuna.create_study(storage=storage, study_name="signals")
+    trial = study.ask()
+    sent = []
+
+    def signal_mid_write(conn, cursor, statement, *args):
+        if statement.lstrip().upper().startswith("INSERT INTO TRIAL_USER_ATTRIBUTES") and not sent:
+            sent.append(statement)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, sweep._raise_interrupt)
+    sqlalchemy.event.listen(storage.engine, "before_cursor_execute", signal_mid_write)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            trial.set_user_attr("fail_kind", "interrupted")
+    finally:
+        sqlalchemy.event.remove(storage.engine, "before_cursor_execute", signal_mid_write)
+        signal.signal(signal.SIGTERM, previous)
+        sweep._stopping = False
+    assert sent
+    again = optuna.load_study(study_name="signals", storage=url)  # another connection: no lock left behind
+    again.tell(trial.number, 1.0)
+    (done,) = again.trials
+    assert done.user_attrs == {"fail_kind": "interrupted"} and done.state == TrialState.COMPLETE
