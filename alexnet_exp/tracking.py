@@ -275,11 +275,12 @@ class Tracker:
         monitor = self._monitors.pop(run_id, None)
         if monitor is None:
             return
-        monitor.finish()  # stops and joins its thread, then flushes the points it queued
-        if not any(m.metrics for m in monitor.monitors):
-            monitor.collect_metrics()
-        monitor.publish_metrics(monitor.aggregate_metrics())
-        monitor.mlflow_logger.flush()
+        with whole_write():  # MLflow's own client writes here, outside _PatientClient
+            monitor.finish()  # stops and joins its thread, then flushes the points it queued
+            if not any(m.metrics for m in monitor.monitors):
+                monitor.collect_metrics()
+            monitor.publish_metrics(monitor.aggregate_metrics())
+            monitor.mlflow_logger.flush()
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int,
                     series: Iterable[tuple[str, int, float]] = ()) -> None:

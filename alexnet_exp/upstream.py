@@ -18,7 +18,9 @@ Optuna (5.0):
 MLflow (3.17):
 - tracking.py: `mlflow.system_metrics.system_metrics_monitor.SystemMetricsMonitor(run_id, sampling_interval=,
   samples_before_logging=, tracking_uri=)` with `start()` and `finish()`, one monitor per trial run (MLflow's
-  public switch monitors only the active run of the process);
+  public switch monitors only the active run of the process), and after `finish()` its `monitors` (each with
+  `metrics`), `collect_metrics()`, `aggregate_metrics()`, `publish_metrics(...)` and `mlflow_logger.flush()`
+  to log the last, partial window MLflow's own finish drops;
   `mlflow.store.artifact.artifact_repository_registry.get_artifact_repository(uri, tracking_uri=)` with
   `delete_artifacts(path)` (the client has no call that deletes a run's artifacts).
 """

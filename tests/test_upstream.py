@@ -119,7 +119,11 @@ def test_mlflows_system_metrics_monitor_and_artifact_repository_take_what_we_pas
     params = _parameters(SystemMetricsMonitor.__init__)
     for name in ("run_id", "sampling_interval", "samples_before_logging", "tracking_uri"):
         assert name in params, name
-    assert callable(SystemMetricsMonitor.start) and callable(SystemMetricsMonitor.finish)
+    for method in ("start", "finish", "collect_metrics", "aggregate_metrics", "publish_metrics"):
+        assert callable(getattr(SystemMetricsMonitor, method)), method
+    monitor = SystemMetricsMonitor("0" * 32, sampling_interval=1, samples_before_logging=1)
+    assert hasattr(monitor, "monitors") and all(hasattr(m, "metrics") for m in monitor.monitors)
+    assert callable(monitor.mlflow_logger.flush)
     assert "tracking_uri" in _parameters(get_artifact_repository)
     from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 
