@@ -17,3 +17,12 @@ def test_ruff_finds_nothing():
     done = subprocess.run([ruff, "check", "--no-cache", "alexnet_exp", "tests"], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+
+
+def test_every_test_marked_slow_by_name_exists():
+    """A slow test renamed or removed must not leave its old name in conftest's list (and its new name fast)."""
+    from conftest import SLOW_TESTS
+
+    for name in SLOW_TESTS:
+        path, test = name.split("::")
+        assert f"\ndef {test}(" in (ROOT / path).read_text(), f"tests/conftest.py SLOW_TESTS: {name} is gone"
