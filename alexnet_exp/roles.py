@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 from . import names
 from .budget import budget_state, is_repeat, is_verdict
 from .config import RunConfig, dump_config
+from .interrupts import whole_write
 from .locks import study_lock
 from .objective import TrialContext, evaluate_on_test, run_trial
 from .objective import best_value as _best_value
@@ -227,7 +228,8 @@ def _run_repeats(run: SweepStudy, ctx: TrialContext, after_trial, deadline: Opti
     while not retry_transient(lambda: search_settled(study, s.n_trials), "the search check"):
         if deadline is not None and time.monotonic() > deadline:
             return "timeout"
-        optuna.storages.fail_stale_trials(study)  # a dead worker's trial must not hold the repeats back
+        with whole_write():  # a dead worker's trial must not hold the repeats back: failed and retried
+            optuna.storages.fail_stale_trials(study)
         time.sleep(POLL_SECONDS)
 
     def top_up() -> RepeatPlan:

@@ -9,6 +9,7 @@ NVML sees a GPU) from MLflow's own `SystemMetricsMonitor`, attached to the run i
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -23,6 +24,7 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunT
 from . import names
 from .interrupts import whole_write
 from .locks import file_lock, sqlite_path
+from .progress import warn
 from .redaction import redact_text, redact_url
 
 MAX_BATCH = 900  # MLflow accepts at most 1000 metrics in one log_batch call
@@ -151,6 +153,7 @@ class Tracker:
         if tracking_uri.startswith(("http://", "https://")):
             check_server(tracking_uri)
         db = sqlite_path(tracking_uri)
+        self._sqlite = db is not None  # a signal cut inside a write could leave its lock held (interrupts.py)
         if db is None:
             self.client = MlflowClient(tracking_uri)
             self.experiment_id = self._ensure_experiment(experiment_name)
@@ -275,7 +278,7 @@ class Tracker:
         monitor = self._monitors.pop(run_id, None)
         if monitor is None:
             return
-        with whole_write():  # MLflow's own client writes here, outside _PatientClient
+        with whole_write() if self._sqlite else contextlib.nullcontext():  # MLflow's own client, not ours
             monitor.finish()  # stops and joins its thread, then flushes the points it queued
             if not any(m.metrics for m in monitor.monitors):
                 monitor.collect_metrics()
@@ -367,6 +370,16 @@ class Tracker:
         signature = infer_signature(example.numpy(), logits.numpy())
         before = self.client.get_run(run_id).info
         mlflow.set_tracking_uri(self.tracking_uri)
+        try:
+            return self._log_model_on(run_id, model, example, signature, name, metrics, step, tags, link_metrics)
+        finally:
+            # whatever happened (an export that failed ends the `with` below FAILED): the run keeps its own
+            if before.status != "RUNNING" and before.end_time:
+                self.client.set_terminated(run_id, status=before.status, end_time=before.end_time)
+
+    def _log_model_on(self, run_id, model, example, signature, name, metrics, step, tags, link_metrics) -> str:
+        import torch
+
         with mlflow.start_run(run_id=run_id, log_system_metrics=False):
             # Explicit requirements: inferring them would load the model in a subprocess (seconds).
             # `pt2` (torch.export, the batch dimension dynamic from the signature): loading it runs no pickled
@@ -381,9 +394,10 @@ class Tracker:
                                             step=-1)
             if metrics:
                 mlflow.log_metrics(metrics, step=step, model_id=info.model_id)
-            self._link_last_points(run_id, link_metrics, info.model_id)
-        if before.status != "RUNNING" and before.end_time:
-            self.client.set_terminated(run_id, status=before.status, end_time=before.end_time)
+            try:
+                self._link_last_points(run_id, link_metrics, info.model_id)
+            except Exception as exc:  # the model and its test metrics stand without these links
+                warn("could not link the validation metrics to the logged model", exc)
         if self.registered_model is not None:
             self.register_model(run_id, tags)
         return info.model_uri

@@ -14,6 +14,7 @@ from typing import Callable, Optional
 import optuna
 
 from .budget import budget_state, is_error
+from .interrupts import whole_write
 from .progress import worker_label
 from .retries import error_behind, is_lasting, retry_transient, storage_error_behind, storage_problem
 
@@ -64,7 +65,8 @@ def run_trials(study: optuna.Study, objective: Callable, n_trials: int, timeout:
         def check() -> tuple[int, int]:
             # Trials whose worker died stop beating; failing them here triggers their retry, even while every
             # live worker is only waiting.
-            optuna.storages.fail_stale_trials(study)
+            with whole_write():  # failing a lost trial and queueing its retry: both, or neither
+                optuna.storages.fail_stale_trials(study)
             return count(study)
 
         verdicts, active = retry_transient(check, "the budget check")

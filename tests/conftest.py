@@ -61,7 +61,7 @@ SLOW_TESTS = {
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if (Path(item.fspath).name in SLOW_FILES or SLOW_FIXTURES & set(item.fixturenames)
+        if (item.path.name in SLOW_FILES or SLOW_FIXTURES & set(item.fixturenames)
                 or item.nodeid.split("[")[0] in SLOW_TESTS):
             item.add_marker(pytest.mark.slow)
 

@@ -581,3 +581,21 @@ def test_a_signal_during_an_optuna_storage_write_takes_effect_when_it_ends(tmp_p
     again.tell(trial.number, 1.0)
     (done,) = again.trials
     assert done.user_attrs == {"fail_kind": "interrupted"} and done.state == TrialState.COMPLETE
+
+
+def test_a_model_that_cannot_be_logged_leaves_its_run_as_it_was(tmp_path):
+    """log_model reopens the finished best run; a model torch.export cannot trace ended that run FAILED with a
+    new end time (MLflow's start_run closes it so on an error), and the caller only warned."""
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "export", system_metrics=False)
+    run = tracker.client.create_run(tracker.experiment_id).info.run_id
+    tracker.client.set_terminated(run, status="FINISHED")
+    before = tracker.client.get_run(run).info
+
+    class Branchy(torch.nn.Module):  # data-dependent control flow: torch.export refuses it
+        def forward(self, x):
+            return x.flatten(1)[:, :3] if float(x.sum()) > 0 else -x.flatten(1)[:, :3]
+
+    with pytest.raises(Exception, match="(?i)data.dependent|guard|symbolic"):  # torch.export's refusal
+        tracker.log_model(run, Branchy(), torch.ones(2, 3, 4, 4))
+    after = tracker.client.get_run(run).info
+    assert (after.status, after.end_time) == ("FINISHED", before.end_time)

@@ -182,7 +182,11 @@ def _dashboard_copy(data: StudyData, path: Path) -> None:
     one parameter in its importance, slice and parallel-coordinates views, as in the report. A new file each
     time; the study's own storage is only read."""
     path.unlink(missing_ok=True)
-    one_label_study(data.study, EVERY_STATE, f"sqlite:///{path}")
+    try:
+        one_label_study(data.study, EVERY_STATE, f"sqlite:///{path}")
+    except Exception as exc:  # the report stands without it
+        path.unlink(missing_ok=True)
+        print(f"warning: could not write {path} for optuna-dashboard: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
 def comparison_report(studies: list[StudyData], out_dir: Path) -> list[Path]:
