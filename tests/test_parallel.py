@@ -278,7 +278,9 @@ def test_scheduler_steps_in_any_order_and_all_at_once(tmp_path):
     client, parents, children = mlflow_runs(tmp_path)
     best = assert_one_study_one_parent_one_test(tmp_path, 4, trials, children, parents)
     assert len(client.get_metric_history(best.info.run_id, "test_accuracy")) == 1
-    assert len({t.user_attrs["worker_pid"] for t in trials}) == 2
+    # both joined workers trained (a trial one of them asked for as the other took the last slot is surplus:
+    # failed at once, before it records a worker)
+    assert len({t.user_attrs["worker_pid"] for t in trials if t.user_attrs.get("fail_kind") != "surplus"}) == 2
 
 
 def test_finalize_before_the_budget_is_met_touches_no_test_split(tmp_path):
