@@ -306,8 +306,13 @@ def param_columns(data: StudyData) -> dict[str, str]:
     for t in data.trials:
         keys += list(t.values)
     keys = [k for k in dict.fromkeys(keys) if k not in COVERED]
-    short = [k.rsplit(".", 1)[-1] for k in keys]
-    return {(s if short.count(s) == 1 and s not in FIXED_COLUMNS else k): k for s, k in zip(short, keys)}
+    return {(s if s not in FIXED_COLUMNS else k): k for s, k in zip(short_names(keys), keys)}
+
+
+def short_names(params: list[str]) -> list[str]:
+    """`lr_scale` for `train.lr_scale`; the dotted name where two parameters share their last part."""
+    last = [p.rsplit(".", 1)[-1] for p in params]
+    return [s if last.count(s) == 1 else p for s, p in zip(last, params)]
 
 
 FIXED_COLUMNS = {"trial", "baseline", "repeat_of", "state", "val_macro_f1", "val_accuracy", "vs_best",

@@ -14,7 +14,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ..figures_common import plt
-from .data import StudyData
+from .data import StudyData, short_names
 from .figures import STYLE, _save
 
 SLICES_PER_FIGURE = 4  # Optuna draws one row of panels; 14 of them in one row would be unreadable
@@ -80,12 +80,6 @@ def parallel_coordinates(data: StudyData, path: Path) -> tuple[Optional[Path], s
     for text in ax.texts + [t for a in ax.figure.axes for t in a.get_yticklabels()]:
         text.set_fontsize(8)
     return _save_optuna(ax.figure, path), ""
-
-
-def short_names(params: list[str]) -> list[str]:
-    """`lr_scale` for `train.lr_scale`; the dotted name where two parameters share their last part."""
-    last = [p.rsplit(".", 1)[-1] for p in params]
-    return [s if last.count(s) == 1 else p for s, p in zip(last, params)]
 
 
 def slices(data: StudyData, out_dir: Path) -> tuple[list[Path], str]:
