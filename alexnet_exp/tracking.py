@@ -75,6 +75,11 @@ class _PatientClient:
         return patient
 
 
+def ui_runs_address(host: str, experiment_id: str) -> str:
+    """The MLflow UI's runs table of an experiment on `host`; a run's page is this address + `/<run id>`."""
+    return f"{host.rstrip('/')}/#/experiments/{experiment_id}/runs"
+
+
 def resolve_tracking_uri(configured: Optional[str]) -> str:
     """Flag or YAML, else MLFLOW_TRACKING_URI, else MLflow's own default (sqlite:///mlflow.db in this folder)."""
     if configured:
@@ -217,8 +222,8 @@ class Tracker:
     def ui_link(self) -> str:
         """The experiment's runs table: on the tracking server itself when there is one (its URL without a
         password), else where `mlflow ui` started in the store's folder serves it."""
-        host = redact_url(self.tracking_uri).rstrip("/") if self.is_server else "http://127.0.0.1:5000"
-        return f"{host}/#/experiments/{self.experiment_id}/runs"
+        host = redact_url(self.tracking_uri) if self.is_server else "http://127.0.0.1:5000"
+        return ui_runs_address(host, self.experiment_id)
 
     def run_link(self, run_id: str) -> str:
         """A run's own page in the MLflow UI (on the server, or under `mlflow ui` in the store's folder)."""

@@ -21,7 +21,7 @@ from ..budget import is_verdict
 from ..config import ConfigError, RunConfig, config_from_dict, parse_yaml
 from ..redaction import without_credentials
 from ..repeats import config_groups, load_plan
-from ..tracking import resolve_tracking_uri
+from ..tracking import resolve_tracking_uri, ui_runs_address
 from ..upstream import retry_history
 from .one_label import one_label_study
 
@@ -76,8 +76,7 @@ class StudyData:
         address serves it until someone starts `mlflow ui`, so the report names the run instead."""
         if not run_id or not self.experiment_id or not self.tracking_uri.startswith(("http://", "https://")):
             return None
-        host = without_credentials(self.tracking_uri).rstrip("/")
-        return f"{host}/#/experiments/{self.experiment_id}/runs/{run_id}"
+        return f"{ui_runs_address(without_credentials(self.tracking_uri), self.experiment_id)}/{run_id}"
 
     @functools.cached_property
     def views_study(self) -> optuna.Study:
