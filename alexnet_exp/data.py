@@ -25,6 +25,7 @@ class DataError(RuntimeError):
 @dataclass(frozen=True)
 class ImageData:
     name: str
+    source: str  # where the images came from: the folder read, or the dataset's name when generated in memory
     class_names: list[str]
     train_x: torch.Tensor  # uint8 (N, 3, H, W)
     train_y: torch.Tensor  # int64 (N,)
@@ -36,6 +37,12 @@ class ImageData:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images, labels) of the `train`, `val` or `test` split."""
+        if name not in ("train", "val", "test"):
+            raise ValueError(f"unknown split {name!r}; valid: train, val, test")
+        return getattr(self, f"{name}_x"), getattr(self, f"{name}_y")
 
     def to(self, device: torch.device) -> "ImageData":
         moved = {k: getattr(self, k).to(device) for k in
@@ -333,6 +340,7 @@ def _glyphs(*, glyph_classes, glyph_train_per_class, glyph_test_per_class, **_):
 # from the training images by load_dataset. An image folder (FOLDER_DATASET) has a loader of its own.
 IN_MEMORY_DATASETS = {"cifar10": _cifar, "cifar100": _cifar, "synthetic": _synthetic,
                       "digits": lambda **_: _load_digits(), "glyphs": _glyphs}
+READ_FROM_ROOT = {"cifar10", "cifar100"}  # the others are generated or bundled: their name is their source
 FOLDER_DATASET = "imagefolder"
 
 
@@ -366,7 +374,8 @@ def load_dataset(dataset: str, *, root: str = "data", download: bool = True, val
     train_x, train_y = _subset(tx[keep], ty[keep], max_train, split_seed)
     val_x, val_y = _subset(tx[held], ty[held], max_val, split_seed)
     as_t = torch.from_numpy
-    return ImageData(dataset, names, as_t(np.ascontiguousarray(train_x)), as_t(train_y),
+    source = str(root) if dataset in READ_FROM_ROOT else dataset
+    return ImageData(dataset, source, names, as_t(np.ascontiguousarray(train_x)), as_t(train_y),
                      as_t(np.ascontiguousarray(val_x)), as_t(val_y), as_t(np.ascontiguousarray(sx)), as_t(sy))
 
 
@@ -404,5 +413,5 @@ def _folder_data(root, image_size, cache_dir, bad_images, test_fraction, val_fra
             resident[start:start + step] = torch.from_numpy(np.ascontiguousarray(images[rows[start:start + step]]))
         return resident, labels
 
-    return ImageData("imagefolder", names, *split(train_rows, train_y), *split(val_rows, val_y),
+    return ImageData(FOLDER_DATASET, str(root), names, *split(train_rows, train_y), *split(val_rows, val_y),
                      *split(test_rows, test_y))

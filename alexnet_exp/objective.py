@@ -23,7 +23,7 @@ from . import names
 from .budget import is_repeat, surplus
 from .config import ConfigError, RepeatsConfig, RunConfig, dump_config, inactive_paths, resolved_rates
 from .figures_common import confusion_png
-from .pipeline import DataCache, input_size, make_augmenter, make_model, train_run
+from .pipeline import DataCache, evaluate_split, train_run
 from .progress import SweepProgress
 from .progress import warn as _warn
 from .pruning import record_budget
@@ -33,7 +33,7 @@ from .retries import retry_transient, storage_problem, transient_storage_errors
 from .space import suggest
 from .study_store import trained_values
 from .tracking import Tracker
-from .train import EpochMetrics, evaluate
+from .train import EpochMetrics
 from .trial_state import TrialStateStore
 from .upstream import frozen_trial, retried_trial_number, retry_history
 
@@ -297,18 +297,17 @@ def _train_and_record(trial: optuna.Trial, ctx: TrialContext, config: RunConfig,
     def on_checkpoint(state: dict) -> None:
         ctx.state.save_checkpoint(state, checkpoint, run_id, fingerprint)
 
-    model = None
+    parts = None
     try:
-        data, stats = ctx.cache.get(config.data)
+        data, _ = ctx.cache.get(config.data)
         ctx.tracker.log_dataset(
-            run_id, config.data.dataset, data_digest(config),
-            config.data.root if config.data.dataset.startswith("cifar") else config.data.dataset,
+            run_id, data.name, data_digest(config), data.source,
             {context: json.dumps({"images": len(labels), "classes": data.num_classes}) for context, labels in
              (("training", data.train_y), ("validation", data.val_y), ("test", data.test_y))})
         # what the pruner judges the trial by: its own epochs and warm-up (pruning.py)
         record_budget(trial, config.train.epochs, config.train.schedule, ctx.base.study.pruner_options,
                       config.train.warmup_epochs)
-        model, result = train_run(config, ctx.cache, on_epoch=on_epoch, resume=resume,
+        parts, result = train_run(config, ctx.cache, on_epoch=on_epoch, resume=resume,
                                   on_checkpoint=on_checkpoint if checkpoint is not None else None)
     except optuna.exceptions.UpdateFinishedTrialError:
         # Failed by another worker while this one was paused: the retry resumes from this chain's checkpoint and
@@ -323,7 +322,7 @@ def _train_and_record(trial: optuna.Trial, ctx: TrialContext, config: RunConfig,
         _finish_run(ctx, run_id, "KILLED", {names.STATE_TAG: "PRUNED", names.PRUNED_AT_EPOCH: epoch})
         raise
     except Exception as exc:  # any other error ends this trial only; its traceback goes to its run
-        model = None  # let the memory go before the next trial
+        parts = None  # let the memory go before the next trial
         _release_memory()
         ctx.state.discard_checkpoint(checkpoint, [run_id, *(earlier_runs or [])])
         if isinstance(exc, torch.cuda.OutOfMemoryError) or "can't allocate memory" in str(exc):
@@ -338,25 +337,13 @@ def _train_and_record(trial: optuna.Trial, ctx: TrialContext, config: RunConfig,
 
     final = result.last_eval  # fit's last validation pass: no second pass over the split
     if final is None:  # resumed from a checkpoint of the last epoch: nothing was trained here
-        augmenter = make_augmenter(config.augment, stats, input_size(config.model, config.augment))
-        final = evaluate(model, data.val_x, data.val_y, augmenter, data.num_classes, config.train.eval_batch_size)
+        final = evaluate_split(parts, "val", config.train.eval_batch_size)
     value = final.accuracy if ctx.metric == "val_accuracy" else final.macro_f1
     _log_evaluation(ctx, run_id, final, data.class_names)
     study = trial.study
     repeats = ctx.base.study.repeats
     if _keeps_weights(study, trial, value, repeats.top_k if repeats else 1):
-        ctx.state.save_weights({k: v.detach().cpu() for k, v in model.state_dict().items()}, trial.number, run_id)
+        ctx.state.save_weights({k: v.detach().cpu() for k, v in parts.model.state_dict().items()}, trial.number,
+                               run_id)
     _finish_run(ctx, run_id, "FINISHED", {names.STATE_TAG: "COMPLETE"})
     return value
-
-
-def evaluate_on_test(config: RunConfig, cache: DataCache, weights: Path):
-    """Evaluate saved weights once on the held-out test split (only ever for the chosen best trial)."""
-    data, stats = cache.get(config.data)
-    size = input_size(config.model, config.augment)
-    model = make_model(config.model, data.num_classes, size, config.train.seed, data.test_x.device)
-    model.load_state_dict(torch.load(weights, map_location=data.test_x.device, weights_only=True))
-    result = evaluate(model, data.test_x, data.test_y, make_augmenter(config.augment, stats, size),
-                      data.num_classes, config.train.eval_batch_size)
-    return model, result
-

@@ -1,4 +1,4 @@
-"""From validated config sections to the parts of a run: data on the device, augmenter, model, fit.
+"""From validated config sections to the parts of a run: data on the device, augmenter, model, fit, evaluation.
 
 One explicit adapter per section (`dataset_kwargs`, `make_augmenter`, `make_model`, `fit_settings`) names every
 key it passes on, so that a config key reaches the core only where it is wired, and a new key that is not
@@ -9,6 +9,8 @@ in memory so that a worker loads each dataset once, whatever number of trials it
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional
 
 import torch
@@ -18,7 +20,7 @@ from .augment import BatchAugmenter, ColorStats, color_stats
 from .config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
 from .data import ImageData, load_dataset
 from .model import AlexNet, build_model
-from .train import EpochMetrics, FitResult, FitSettings, fit
+from .train import EpochMetrics, EvalResult, FitResult, FitSettings, evaluate, fit
 
 
 def dataset_kwargs(cfg: DataConfig) -> dict:
@@ -82,15 +84,43 @@ def make_model(cfg: ModelConfig, num_classes: int, size: int, seed: int,
                            logit_relu=cfg.logit_relu)
 
 
+@dataclass
+class RunParts:
+    """What one configuration trains or evaluates: its data (from the cache), augmenter and freshly built model."""
+    data: ImageData
+    augmenter: BatchAugmenter
+    model: AlexNet
+
+
+def build_parts(config: RunConfig, cache: DataCache) -> RunParts:
+    """The one place a run's parts are made from its config, for training and for every evaluation."""
+    data, stats = cache.get(config.data)
+    size = input_size(config.model, config.augment)
+    return RunParts(data, make_augmenter(config.augment, stats, size),
+                    make_model(config.model, data.num_classes, size, config.train.seed, data.train_x.device))
+
+
+def evaluate_split(parts: RunParts, split: str, batch_size: int) -> EvalResult:
+    """The model's figures on one split (`train`, `val` or `test`) with the evaluation transform."""
+    images, labels = parts.data.split(split)
+    return evaluate(parts.model, images, labels, parts.augmenter, parts.data.num_classes, batch_size)
+
+
+def evaluate_weights(config: RunConfig, cache: DataCache, weights: Path,
+                     split: str = "test") -> tuple[RunParts, EvalResult]:
+    """Saved weights of `config`'s model evaluated on one split (the test split: only ever for the chosen best)."""
+    parts = build_parts(config, cache)
+    parts.model.load_state_dict(torch.load(weights, map_location=parts.data.train_x.device, weights_only=True))
+    return parts, evaluate_split(parts, split, config.train.eval_batch_size)
+
+
 def train_run(config: RunConfig, cache: DataCache, on_epoch: Optional[Callable[[EpochMetrics], None]] = None,
               on_batch: Optional[Callable[[int, int], None]] = None,
               on_checkpoint: Optional[Callable[[dict], None]] = None,
-              resume: Optional[dict] = None) -> tuple[AlexNet, FitResult]:
-    data, stats = cache.get(config.data)
-    size = input_size(config.model, config.augment)
-    augmenter = make_augmenter(config.augment, stats, size)
-    model = make_model(config.model, data.num_classes, size, config.train.seed, data.train_x.device)
-    result = fit(model, data.train_x, data.train_y, data.val_x, data.val_y, augmenter, data.num_classes,
+              resume: Optional[dict] = None) -> tuple[RunParts, FitResult]:
+    parts = build_parts(config, cache)
+    data = parts.data
+    result = fit(parts.model, data.train_x, data.train_y, data.val_x, data.val_y, parts.augmenter, data.num_classes,
                  fit_settings(config.train), on_epoch=on_epoch, on_batch=on_batch, on_checkpoint=on_checkpoint,
                  resume=resume)
-    return model, result
+    return parts, result

@@ -24,9 +24,9 @@ from .budget import budget_state, is_repeat, is_verdict
 from .config import RunConfig, dump_config
 from .interrupts import whole_write
 from .locks import study_lock
-from .objective import TrialContext, evaluate_on_test, run_trial
+from .objective import TrialContext, run_trial
 from .objective import best_value as _best_value
-from .pipeline import DataCache, input_size, make_augmenter
+from .pipeline import DataCache, RunParts, evaluate_weights
 from .progress import SweepProgress, warn, worker_label
 from .redaction import redact_url
 from .repeats import (
@@ -296,12 +296,10 @@ def finish_study(run: SweepStudy, cache: DataCache, status: str = "FINISHED") ->
     return summary
 
 
-def _input_example(config: RunConfig, cache: DataCache, n: int = 2):
+def _input_example(parts: RunParts, n: int = 2):
     """The logged model's input example: `n` test images as the model receives them (the eval transform:
     resized to its input size, normalised), so that its signature and example say what to feed it."""
-    data, stats = cache.get(config.data)
-    augmenter = make_augmenter(config.augment, stats, input_size(config.model, config.augment))
-    return augmenter.eval(data.test_x[:n]).cpu()
+    return parts.augmenter.eval(parts.data.test_x[:n]).cpu()
 
 
 def chosen_configuration(run: SweepStudy) -> Optional[tuple[optuna.trial.FrozenTrial, list, Optional[ConfigGroup]]]:
@@ -361,7 +359,7 @@ def evaluate_best_once(run: SweepStudy, cache: DataCache, state: TrialStateStore
         if weights is None:
             continue
         values = json.loads(member.user_attrs[names.VALUES])
-        model, result = evaluate_on_test(config.with_values(values), cache, weights)
+        parts, result = evaluate_weights(config.with_values(values), cache, weights, "test")
         metrics = {"test_accuracy": result.accuracy, "test_macro_f1": result.macro_f1, "test_loss": result.loss}
         results.append(metrics)
         step = member.user_attrs.get(names.EPOCHS_RUN, 0)
@@ -369,7 +367,7 @@ def evaluate_best_once(run: SweepStudy, cache: DataCache, state: TrialStateStore
         if member is best and run_id:
             tags = {"study": run.name, "trial": best.number, config.study.metric: summary["value"], **metrics}
             try:  # the test metrics logged with the model, linked to it
-                tracker.log_model(run_id, model, _input_example(config.with_values(values), cache),
+                tracker.log_model(run_id, parts.model, _input_example(parts),
                                   name=f"{run.name}-best", metrics=metrics, step=step, tags=tags,
                                   link_metrics=("val_accuracy", "val_macro_f1", "val_loss"))
                 linked = True

@@ -9,8 +9,8 @@ from tqdm import tqdm
 
 from .config import ConfigError, load_config
 from .data import DataError
-from .pipeline import DataCache, input_size, make_augmenter, train_run
-from .train import EpochMetrics, evaluate, resolve_device
+from .pipeline import DataCache, evaluate_split, input_size, train_run
+from .train import EpochMetrics, resolve_device
 
 COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc", "val_f1", "lr", "img/s", "sec")
 
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     cache = DataCache(device)
     try:
-        data, stats = cache.get(config.data)
+        data, _ = cache.get(config.data)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(_row(m), flush=True)
 
-    model, result = train_run(config, cache, on_epoch=on_epoch, on_batch=on_batch)
+    parts, result = train_run(config, cache, on_epoch=on_epoch, on_batch=on_batch)
     if bar is not None:
         bar.close()
     elapsed = time.perf_counter() - started
@@ -77,7 +77,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nbest epoch {best.epoch}: val accuracy {best.val_accuracy:.4f}, val macro-F1 {best.val_macro_f1:.4f}"
               f" (chance {1 / data.num_classes:.4f}); {elapsed:.1f} s in all")
     if args.test:
-        augmenter = make_augmenter(config.augment, stats, input_size(config.model, config.augment))
-        test = evaluate(model, data.test_x, data.test_y, augmenter, data.num_classes, t.eval_batch_size)
+        test = evaluate_split(parts, "test", t.eval_batch_size)
         print(f"held-out test: accuracy {test.accuracy:.4f}, macro-F1 {test.macro_f1:.4f}, loss {test.loss:.4f}")
     return 0 if result.status == "completed" else 1

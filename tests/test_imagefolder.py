@@ -310,6 +310,8 @@ def test_a_sweep_on_a_folder_of_photos_names_its_classes_in_the_report(tmp_path,
     assert {c.data.tags["evaluation"] for c in children} == {
         "ten crops of 20 px (corners, centre, mirrored), softmax averaged"}
     assert "test_accuracy" in parents[0].data.metrics
+    # the runs' MLflow dataset inputs say which folder the images came from
+    assert {i.dataset.source for c in children for i in c.inputs.dataset_inputs} == {str(root)}
     out = tmp_path / "reports"
     assert report.main(["--study", "tiny", "--storage", f"sqlite:///{tmp_path / 'sweeps' / 'tiny' / 'optuna.db'}",
                         "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--out", str(out)]) == 0

@@ -62,6 +62,7 @@ def test_smoke_sweep_end_to_end(in_tmp, capsys):
                               "evaluation/per_class.csv"}
         inputs = client.get_run(child.info.run_id).inputs.dataset_inputs
         assert {i.dataset.name for i in inputs} == {"synthetic"}
+        assert {i.dataset.source for i in inputs} == {"synthetic"}  # generated: its name is its source
         assert sorted(t.value for i in inputs for t in i.tags if t.key == "mlflow.data.context") == \
             ["test", "training", "validation"]
     # The best trial, and only it, was evaluated on the held-out test split.
