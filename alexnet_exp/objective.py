@@ -22,8 +22,9 @@ import torch
 from . import names
 from .budget import is_repeat, surplus
 from .config import ConfigError, RepeatsConfig, RunConfig, dump_config, inactive_paths, resolved_rates
+from .data import ImageData
 from .figures_common import confusion_png
-from .pipeline import DataCache, evaluate_split, train_run
+from .pipeline import DataCache, RunParts, evaluate_split, train_run
 from .progress import SweepProgress
 from .progress import warn as _warn
 from .pruning import record_budget
@@ -33,7 +34,7 @@ from .retries import retry_transient, storage_problem, transient_storage_errors
 from .space import suggest
 from .study_store import trained_values
 from .tracking import Tracker
-from .train import EpochMetrics
+from .train import EpochMetrics, FitResult
 from .trial_state import TrialStateStore
 from .upstream import frozen_trial, retried_trial_number, retry_history
 
@@ -266,49 +267,17 @@ def _train_and_record(trial: optuna.Trial, ctx: TrialContext, config: RunConfig,
                       checkpoint: Optional[Path], earlier_runs: Optional[list[str]]) -> float:
     """`earlier_runs`: for a retry, the runs of the trials it retries (None for a fresh trial)."""
     fingerprint = training_fingerprint(config)
-    resume, moved_aside = (ctx.state.load_checkpoint(checkpoint, earlier_runs, fingerprint)
-                           if earlier_runs is not None else (None, []))
-    if moved_aside:  # recorded where the trial's story is read: its attributes (the report) and its run
-        trial.set_user_attr(names.CHECKPOINT_DISCARDED, "; ".join(moved_aside)[:2000])
-        ctx.tracker.set_tags(run_id, {names.CHECKPOINT_DISCARDED: "; ".join(moved_aside)})
-    if resume is not None:
-        trial.set_user_attr(names.RESUMED_FROM_EPOCH, resume["epoch"])
-        ctx.progress.trial_resumed(trial.number, resume["epoch"], "from the checkpoint its earlier try left")
-        for m in resume["history"]:  # the epochs already trained, so this run's curves are whole
-            _log_epoch(ctx, run_id, EpochMetrics(**m))
-    logged_epochs = resume["epoch"] if resume is not None else 0
-
-    def on_epoch(m: EpochMetrics) -> None:
-        nonlocal logged_epochs
-        value = getattr(m, ctx.metric)
-        _log_epoch(ctx, run_id, m)
-        logged_epochs = m.epoch
-
-        def record() -> bool:
-            trial.set_user_attr(names.EPOCHS_RUN, m.epoch)
-            trial.report(value, m.epoch)
-            return trial.should_prune()  # never for repeats and replays (pruning.FairPruner)
-
-        prune = retry_transient(record, f"trial {trial.number}'s epoch {m.epoch} report")
-        ctx.progress.epoch(trial.number, m.epoch, value)
-        if prune:
-            raise optuna.TrialPruned(f"pruned at epoch {m.epoch}")
-
-    def on_checkpoint(state: dict) -> None:
-        ctx.state.save_checkpoint(state, checkpoint, run_id, fingerprint)
-
-    parts = None
+    resume = _resume_point(trial, ctx, run_id, checkpoint, earlier_runs, fingerprint)
+    reporter = EpochReporter(trial, ctx, run_id, resume["epoch"] if resume is not None else 0)
+    chain_runs = [run_id, *(earlier_runs or [])]
     try:
-        data, _ = ctx.cache.get(config.data)
-        ctx.tracker.log_dataset(
-            run_id, data.name, data_digest(config), data.source,
-            {context: json.dumps({"images": len(labels), "classes": data.num_classes}) for context, labels in
-             (("training", data.train_y), ("validation", data.val_y), ("test", data.test_y))})
+        data = _log_dataset(ctx, run_id, config)
         # what the pruner judges the trial by: its own epochs and warm-up (pruning.py)
         record_budget(trial, config.train.epochs, config.train.schedule, ctx.base.study.pruner_options,
                       config.train.warmup_epochs)
-        parts, result = train_run(config, ctx.cache, on_epoch=on_epoch, resume=resume,
-                                  on_checkpoint=on_checkpoint if checkpoint is not None else None)
+        on_checkpoint = ((lambda state: ctx.state.save_checkpoint(state, checkpoint, run_id, fingerprint))
+                         if checkpoint is not None else None)
+        parts, result = train_run(config, ctx.cache, on_epoch=reporter, resume=resume, on_checkpoint=on_checkpoint)
     except optuna.exceptions.UpdateFinishedTrialError:
         # Failed by another worker while this one was paused: the retry resumes from this chain's checkpoint and
         # has its own run, so neither is touched. Only this run is closed, saying why.
@@ -316,7 +285,7 @@ def _train_and_record(trial: optuna.Trial, ctx: TrialContext, config: RunConfig,
                                             names.FAIL_REASON: TrialTakenOver.TAKEN_OVER})
         raise TrialTakenOver(f"trial {trial.number}: {TrialTakenOver.TAKEN_OVER}") from None
     except optuna.TrialPruned:
-        ctx.state.discard_checkpoint(checkpoint, [run_id, *(earlier_runs or [])])
+        ctx.state.discard_checkpoint(checkpoint, chain_runs)
         epoch = trial.user_attrs.get(names.EPOCHS_RUN, 0)
         trial.set_user_attr(names.PRUNED_AT_EPOCH, epoch)
         _finish_run(ctx, run_id, "KILLED", {names.STATE_TAG: "PRUNED", names.PRUNED_AT_EPOCH: epoch})
@@ -324,25 +293,82 @@ def _train_and_record(trial: optuna.Trial, ctx: TrialContext, config: RunConfig,
     except Exception as exc:  # any other error ends this trial only; its traceback goes to its run
         parts = None  # let the memory go before the next trial
         _release_memory()
-        ctx.state.discard_checkpoint(checkpoint, [run_id, *(earlier_runs or [])])
+        ctx.state.discard_checkpoint(checkpoint, chain_runs)
         if isinstance(exc, torch.cuda.OutOfMemoryError) or "can't allocate memory" in str(exc):
             return _fail(trial, ctx, run_id, names.OUT_OF_MEMORY, str(exc).splitlines()[0])
         return _fail(trial, ctx, run_id, names.ERROR, f"{type(exc).__name__}: {exc}", traceback.format_exc())
-    ctx.state.discard_checkpoint(checkpoint, [run_id, *(earlier_runs or [])])
+    ctx.state.discard_checkpoint(checkpoint, chain_runs)
     if result.status != "completed":
         for m in result.history:  # the epochs fit ended on (a diverged loss) never reached on_epoch
-            if m.epoch > logged_epochs:
+            if m.epoch > reporter.logged_epochs:
                 _log_epoch(ctx, run_id, m)
         return _fail(trial, ctx, run_id, result.status, result.reason)
+    return _record_completed(trial, ctx, config, run_id, parts, data, result)
 
+
+def _resume_point(trial: optuna.Trial, ctx: TrialContext, run_id: str, checkpoint: Optional[Path],
+                  earlier_runs: Optional[list[str]], fingerprint: str) -> Optional[dict]:
+    """A retry's checkpoint (None for a fresh trial, or when none loads), with the epochs it already trained
+    logged on this run so that its curves are whole; a checkpoint that did not load is recorded as moved aside."""
+    if earlier_runs is None:
+        return None
+    resume, moved_aside = ctx.state.load_checkpoint(checkpoint, earlier_runs, fingerprint)
+    if moved_aside:  # recorded where the trial's story is read: its attributes (the report) and its run
+        trial.set_user_attr(names.CHECKPOINT_DISCARDED, "; ".join(moved_aside)[:2000])
+        ctx.tracker.set_tags(run_id, {names.CHECKPOINT_DISCARDED: "; ".join(moved_aside)})
+    if resume is not None:
+        trial.set_user_attr(names.RESUMED_FROM_EPOCH, resume["epoch"])
+        ctx.progress.trial_resumed(trial.number, resume["epoch"], "from the checkpoint its earlier try left")
+        for m in resume["history"]:
+            _log_epoch(ctx, run_id, EpochMetrics(**m))
+    return resume
+
+
+class EpochReporter:
+    """fit's `on_epoch` for a trial: each epoch logged on its run, reported to Optuna, shown, and pruned when
+    the pruner says so. `logged_epochs`: the last epoch on the run (a resumed trial starts past its earlier ones)."""
+
+    def __init__(self, trial: optuna.Trial, ctx: TrialContext, run_id: str, logged_epochs: int):
+        self.trial, self.ctx, self.run_id, self.logged_epochs = trial, ctx, run_id, logged_epochs
+
+    def __call__(self, m: EpochMetrics) -> None:
+        trial, ctx = self.trial, self.ctx
+        value = getattr(m, ctx.metric)
+        _log_epoch(ctx, self.run_id, m)
+        self.logged_epochs = m.epoch
+
+        def report() -> bool:
+            trial.set_user_attr(names.EPOCHS_RUN, m.epoch)
+            trial.report(value, m.epoch)
+            return trial.should_prune()  # never for repeats and replays (pruning.FairPruner)
+
+        prune = retry_transient(report, f"trial {trial.number}'s epoch {m.epoch} report")
+        ctx.progress.epoch(trial.number, m.epoch, value)
+        if prune:
+            raise optuna.TrialPruned(f"pruned at epoch {m.epoch}")
+
+
+def _log_dataset(ctx: TrialContext, run_id: str, config: RunConfig) -> ImageData:
+    """The trial's data (loaded once per worker), its splits logged as the run's dataset inputs."""
+    data, _ = ctx.cache.get(config.data)
+    ctx.tracker.log_dataset(
+        run_id, data.name, data_digest(config), data.source,
+        {context: json.dumps({"images": len(labels), "classes": data.num_classes}) for context, labels in
+         (("training", data.train_y), ("validation", data.val_y), ("test", data.test_y))})
+    return data
+
+
+def _record_completed(trial: optuna.Trial, ctx: TrialContext, config: RunConfig, run_id: str, parts: RunParts,
+                      data: ImageData, result: FitResult) -> float:
+    """A trial that trained every epoch: its last validation figures logged, its weights kept when it is
+    among the best, its run closed; returns its value."""
     final = result.last_eval  # fit's last validation pass: no second pass over the split
     if final is None:  # resumed from a checkpoint of the last epoch: nothing was trained here
         final = evaluate_split(parts, "val", config.train.eval_batch_size)
     value = final.accuracy if ctx.metric == "val_accuracy" else final.macro_f1
     _log_evaluation(ctx, run_id, final, data.class_names)
-    study = trial.study
     repeats = ctx.base.study.repeats
-    if _keeps_weights(study, trial, value, repeats.top_k if repeats else 1):
+    if _keeps_weights(trial.study, trial, value, repeats.top_k if repeats else 1):
         ctx.state.save_weights({k: v.detach().cpu() for k, v in parts.model.state_dict().items()}, trial.number,
                                run_id)
     _finish_run(ctx, run_id, "FINISHED", {names.STATE_TAG: "COMPLETE"})

@@ -206,3 +206,16 @@ def config_groups(study: optuna.Study, plan: RepeatPlan) -> list[ConfigGroup]:
     groups.sort(key=lambda g: (g.failed > 0, g.fresh is None, -g.estimate.mean if maximize else g.estimate.mean,
                                g.trial.number))
     return groups
+
+
+def chosen_configuration(study: optuna.Study) -> Optional[tuple[optuna.trial.FrozenTrial, list, Optional[ConfigGroup]]]:
+    """What the study chose, the one reading of it (the test evaluation, the parent run and the report): (its
+    search trial, the COMPLETE trials of its configuration, its repeated-seeds group or None). With repeats
+    planned, the configuration with the best mean over its fresh seeds; else the best single search trial.
+    None before any search trial completes."""
+    plan = load_plan(study)
+    groups = config_groups(study, plan) if plan is not None else []
+    if groups:
+        return groups[0].trial, groups[0].members, groups[0]
+    best = best_search_trial(study)
+    return (best, [best], None) if best is not None else None

@@ -32,10 +32,8 @@ from .redaction import redact_url
 from .repeats import (
     ConfigGroup,
     RepeatPlan,
-    best_search_trial,
-    config_groups,
+    chosen_configuration,
     ensure_repeats,
-    load_plan,
     repeats_state,
     search_settled,
     sweep_complete,
@@ -144,27 +142,27 @@ def join_study(config: RunConfig, storage_url: str, storage, sampler, pruner, tr
     return SweepStudy(config, storage_url, study, tracker, study.user_attrs[names.PARENT_RUN_ID])
 
 
-def prepare_to_join(run: SweepStudy) -> int:
+def prepare_to_join(sweep: SweepStudy) -> int:
     """What a scheduler's worker does before its trials, when budget is left (after a scancel or a preemption,
     without waiting for a new set-up step): reopen the parent run, and queue the interrupted trials to resume
     (once, whoever gets the lock first). Returns how many it queued."""
-    if not budget_left(run):
+    if not budget_left(sweep):
         return 0
-    if run.tracker.run_status(run.parent_id) not in (None, "RUNNING"):
-        run.tracker.reopen(run.parent_id)
-    with study_lock(run.storage_url, run.name):
-        return requeue_unfinished(run.study)
+    if sweep.tracker.run_status(sweep.parent_id) not in (None, "RUNNING"):
+        sweep.tracker.reopen(sweep.parent_id)
+    with study_lock(sweep.storage_url, sweep.name):
+        return requeue_unfinished(sweep.study)
 
 
-def run_worker(run: SweepStudy, cache: DataCache, run_tags: dict[str, Any], quiet: bool) -> str:
+def run_worker(sweep: SweepStudy, cache: DataCache, run_tags: dict[str, Any], quiet: bool) -> str:
     """Run trials in this process until the budget is met. Returns why it stopped: `budget`, `timeout`,
     `errors` or `interrupted` (Ctrl-C, SIGTERM, or the launcher gone)."""
-    s, study = run.config.study, run.study
+    s, study = sweep.config.study, sweep.study
     finished, _ = budget_state(study)
-    progress = SweepProgress(s.n_trials, min(finished, s.n_trials), run.config.train.epochs, s.metric, quiet,
+    progress = SweepProgress(s.n_trials, min(finished, s.n_trials), sweep.config.train.epochs, s.metric, quiet,
                              prefix=worker_label())
     progress.best = _best_value(study)
-    ctx = TrialContext(run.config, run.tracker, run.parent_id, cache, progress, state_store(run), run_tags)
+    ctx = TrialContext(sweep.config, sweep.tracker, sweep.parent_id, cache, progress, state_store(sweep), run_tags)
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         value = trial.value if trial.state == TrialState.COMPLETE else None
@@ -181,14 +179,14 @@ def run_worker(run: SweepStudy, cache: DataCache, run_tags: dict[str, Any], quie
             # and each trial's own value beside it.
             points = {f"best_{s.metric}": best, **({f"trial_{s.metric}": value} if value is not None else {})}
             try:
-                run.tracker.log_metrics(run.parent_id, points, step=trial.number)
+                sweep.tracker.log_metrics(sweep.parent_id, points, step=trial.number)
             except Exception as exc:  # a chart point is not worth a trial
                 warn("could not log the best value on the parent run", exc)
 
     def requeue() -> None:
         """A baseline that raised an error runs again before the next sample (not only at the next set-up)."""
         if unfinished(study.get_trials(deepcopy=False)):  # the lock only when there is something to queue
-            with study_lock(run.storage_url, run.name):
+            with study_lock(sweep.storage_url, sweep.name):
                 requeue_unfinished(study)
 
     deadline = None if s.timeout is None else time.monotonic() + s.timeout
@@ -196,7 +194,7 @@ def run_worker(run: SweepStudy, cache: DataCache, run_tags: dict[str, Any], quie
         why = run_trials(study, lambda trial: run_trial(trial, ctx, s.n_trials), s.n_trials, s.timeout,
                          after_trial, max_errors=max(3, s.n_trials), before_trial=requeue)
         if why == "budget" and s.repeats is not None:
-            why = _run_repeats(run, ctx, after_trial, deadline)
+            why = _run_repeats(sweep, ctx, after_trial, deadline)
         if why == "errors":
             print(f"{worker_label()}stopping: {max(3, s.n_trials)} trials of this run raised errors (see their "
                   f"MLflow runs' {names.ERROR_ARTIFACT}); fix the cause and run the same command again",
@@ -212,7 +210,7 @@ def run_worker(run: SweepStudy, cache: DataCache, run_tags: dict[str, Any], quie
             raise
         # still failing after retry_transient's minute of retries: a full disk under the database, a database
         # gone read-only or away for good. Nothing more can be recorded; what was recorded stays resumable.
-        print(f"{worker_label()}stopping: the study's storage {redact_url(run.storage_url)} cannot be used "
+        print(f"{worker_label()}stopping: the study's storage {redact_url(sweep.storage_url)} cannot be used "
               f"({storage_problem(cause)}); fix it (free space, bring the database back) and run the same command "
               f"again: the trial in flight is retried", file=sys.stderr, flush=True)
         return "storage"
@@ -220,11 +218,11 @@ def run_worker(run: SweepStudy, cache: DataCache, run_tags: dict[str, Any], quie
         progress.close()
 
 
-def _run_repeats(run: SweepStudy, ctx: TrialContext, after_trial, deadline: Optional[float]) -> str:
+def _run_repeats(sweep: SweepStudy, ctx: TrialContext, after_trial, deadline: Optional[float]) -> str:
     """The repeats' phase: once no search trial runs any more (one of them may still be the best), plan the
     repeats (once, under the lock) and run planned repeats until all of them are finished. `deadline`
     (time.monotonic) is the study's timeout, shared with the search phase."""
-    s, study = run.config.study, run.study
+    s, study = sweep.config.study, sweep.study
     while not retry_transient(lambda: search_settled(study, s.n_trials), "the search check"):
         if deadline is not None and time.monotonic() > deadline:
             return "timeout"
@@ -233,9 +231,9 @@ def _run_repeats(run: SweepStudy, ctx: TrialContext, after_trial, deadline: Opti
         time.sleep(POLL_SECONDS)
 
     def top_up() -> RepeatPlan:
-        with study_lock(run.storage_url, run.name):
+        with study_lock(sweep.storage_url, sweep.name):
             requeue_unfinished(study)  # a repeat stopped by a signal resumes, as at any set-up
-            return ensure_repeats(study, s.n_trials, s.repeats.top_k, s.repeats.seeds, run.config.train.seed,
+            return ensure_repeats(study, s.n_trials, s.repeats.top_k, s.repeats.seeds, sweep.config.train.seed,
                                   MAX_RETRIES)
 
     plan = retry_transient(top_up, "planning the repeats")
@@ -248,18 +246,18 @@ def _run_repeats(run: SweepStudy, ctx: TrialContext, after_trial, deadline: Opti
                       only_queued=True)
 
 
-def budget_left(run: SweepStudy) -> bool:
+def budget_left(sweep: SweepStudy) -> bool:
     """Is there work left: search trials, or with `study.repeats` the planned repeats?"""
-    s = run.config.study
-    return not sweep_complete(run.study, s.n_trials, (s.repeats.top_k, s.repeats.seeds) if s.repeats else None)
+    s = sweep.config.study
+    return not sweep_complete(sweep.study, s.n_trials, (s.repeats.top_k, s.repeats.seeds) if s.repeats else None)
 
 
-def state_store(run: SweepStudy) -> TrialStateStore:
+def state_store(sweep: SweepStudy) -> TrialStateStore:
     """Checkpoints and weights in sweeps/<study>/, and with a shared store also in the runs' artifacts."""
-    s = run.config.study
-    shared = s.state_store == "mlflow" or (s.state_store == "auto" and run.tracker.is_server)
+    s = sweep.config.study
+    shared = s.state_store == "mlflow" or (s.state_store == "auto" and sweep.tracker.is_server)
     return TrialStateStore(names.checkpoints_dir(s.name) if s.checkpoint else None, names.weights_dir(s.name),
-                           run.tracker if shared else None)
+                           sweep.tracker if shared else None)
 
 
 def trial_counts(study: optuna.Study) -> dict[str, int]:
@@ -270,29 +268,29 @@ def trial_counts(study: optuna.Study) -> dict[str, int]:
     return counts
 
 
-def close_parent(run: SweepStudy, status: str) -> bool:
+def close_parent(sweep: SweepStudy, status: str) -> bool:
     """Log the trial counts on the parent run and close it with `status`, unless trials are still running in
     other processes (the last process out closes it). Returns whether it was closed."""
-    study = run.study
+    study = sweep.study
     if study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         return False
-    run.tracker.log_metrics(run.parent_id, {f"trials_{k}": v for k, v in trial_counts(study).items()}, step=0)
-    run.tracker.finish(run.parent_id, status)
+    sweep.tracker.log_metrics(sweep.parent_id, {f"trials_{k}": v for k, v in trial_counts(study).items()}, step=0)
+    sweep.tracker.finish(sweep.parent_id, status)
     return True
 
 
-def finish_study(run: SweepStudy, cache: DataCache, status: str = "FINISHED") -> Optional[dict]:
+def finish_study(sweep: SweepStudy, cache: DataCache, status: str = "FINISHED") -> Optional[dict]:
     """Once the budget is spent: evaluate the best trial on the test split (once per best trial, whichever
     process gets here first), then close the parent run. Returns the best trial's summary, or None."""
-    with study_lock(run.storage_url, run.name):
-        state = state_store(run)
-        summary = evaluate_best_once(run, cache, state)
+    with study_lock(sweep.storage_url, sweep.name):
+        state = state_store(sweep)
+        summary = evaluate_best_once(sweep, cache, state)
         # checkpoints of trials that ended without resuming (interrupted with the budget met elsewhere): a finished
         # study needs none of them, here or in the artifact store
         state.discard_leftover_checkpoints(
-            [t.user_attrs.get(names.MLFLOW_RUN_ID) for t in run.study.get_trials(deepcopy=False)
+            [t.user_attrs.get(names.MLFLOW_RUN_ID) for t in sweep.study.get_trials(deepcopy=False)
              if t.state == TrialState.FAIL])
-        close_parent(run, status)
+        close_parent(sweep, status)
     return summary
 
 
@@ -302,107 +300,134 @@ def _input_example(parts: RunParts, n: int = 2):
     return parts.augmenter.eval(parts.data.test_x[:n]).cpu()
 
 
-def chosen_configuration(run: SweepStudy) -> Optional[tuple[optuna.trial.FrozenTrial, list, Optional[ConfigGroup]]]:
-    """What the study chose: (its search trial, the COMPLETE trials of its configuration, its repeated-seeds
-    group or None). With repeats, the configuration with the best mean over its fresh seeds; else the best
-    single trial."""
-    study = run.study
-    plan = load_plan(study) if run.config.study.repeats is not None else None
-    groups = config_groups(study, plan) if plan is not None else []
-    if groups:
-        return groups[0].trial, groups[0].members, groups[0]
-    best = best_search_trial(study)
-    return (best, [best], None) if best is not None else None
-
-
-def _outcome(run: SweepStudy, number: int, run_id: str, summary: dict, test: dict) -> str:
+def _outcome(sweep: SweepStudy, number: int, run_id: str, summary: dict, test: dict) -> str:
     """The parent run's description: the chosen trial (linked), its figures and its parameters."""
-    metric = run.config.study.metric
+    metric = sweep.config.study.metric
     seeds = f" (mean of {summary['seeds']} fresh seeds)" if "seeds" in summary else ""
     params = "\n".join(f"- `{k}` = {v}" for k, v in summary["params"].items())
-    link = f"[trial {number}]({run.tracker.run_link(run_id)})" if run_id else f"trial {number}"
+    link = f"[trial {number}]({sweep.tracker.run_link(run_id)})" if run_id else f"trial {number}"
     return (f"**Best: {link}**, validation {metric} {summary['value']:.4f}{seeds}; held-out test accuracy "
             f"{test['test_accuracy']:.4f}, macro-F1 {test['test_macro_f1']:.4f} (evaluated once).\n\n"
             f"Parameters:\n{params}\n")
 
 
-def evaluate_best_once(run: SweepStudy, cache: DataCache, state: TrialStateStore) -> Optional[dict]:
+def evaluate_best_once(sweep: SweepStudy, cache: DataCache, state: TrialStateStore) -> Optional[dict]:
     """Evaluate the chosen configuration once on the held-out test split (each of its seeds' models when it was
     repeated); log it on their runs and the parent run. Call under the study lock: the study attribute is what
     makes it once."""
-    study, config, tracker = run.study, run.config, run.tracker
-    chosen = chosen_configuration(run)
+    chosen = chosen_configuration(sweep.study)
     if chosen is None:
         return None
     best, members, group = chosen
-    stats = group.fresh if group is not None else None  # the fresh seeds: the search seed was selected
-    summary = {"trial": best.number, "value": stats.mean if stats else best.value,
-               "params": json.loads(best.user_attrs[names.VALUES])}
-    if stats is not None:
-        summary.update(seeds=stats.n, value_std=stats.std, value_low=stats.low, value_high=stats.high,
-                       value_search_seed=best.value, value_all_seeds=group.stats.mean)
-    if (study.user_attrs.get(names.TEST_EVALUATED_TRIAL) == best.number  # the same models: the test split is
-            and study.user_attrs.get(names.TEST_EVALUATED_TRIALS, [best.number]) == [m.number for m in members]):
-        summary.update(study.user_attrs.get(names.TEST_METRICS, {}))  # not read again
-        if tracker.registered_model and best.user_attrs.get(names.MLFLOW_RUN_ID):
-            try:  # --register-model given after the test evaluation: its model is logged already
-                tracker.register_model(best.user_attrs[names.MLFLOW_RUN_ID],
-                                       {"study": run.name, "trial": best.number, config.study.metric: summary["value"],
-                                        **study.user_attrs.get(names.TEST_METRICS, {})})
-            except Exception as exc:
-                warn(f"could not register the best model as {tracker.registered_model!r}", exc)
+    summary = _chosen_summary(best, group)
+    if _evaluated_already(sweep.study, best, members):  # the same models: the test split is not read again
+        summary.update(sweep.study.user_attrs.get(names.TEST_METRICS, {}))
+        _register_logged_model(sweep, best, summary)
         return summary
-    results = []
-    for member in members:
-        run_id = member.user_attrs.get(names.MLFLOW_RUN_ID)
-        weights = state.fetch_weights(member.number, run_id)
-        if weights is None:
-            continue
-        values = json.loads(member.user_attrs[names.VALUES])
-        parts, result = evaluate_weights(config.with_values(values), cache, weights, "test")
-        metrics = {"test_accuracy": result.accuracy, "test_macro_f1": result.macro_f1, "test_loss": result.loss}
-        results.append(metrics)
-        step = member.user_attrs.get(names.EPOCHS_RUN, 0)
-        linked = False
-        if member is best and run_id:
-            tags = {"study": run.name, "trial": best.number, config.study.metric: summary["value"], **metrics}
-            try:  # the test metrics logged with the model, linked to it
-                tracker.log_model(run_id, parts.model, _input_example(parts),
-                                  name=f"{run.name}-best", metrics=metrics, step=step, tags=tags,
-                                  link_metrics=("val_accuracy", "val_macro_f1", "val_loss"))
-                linked = True
-            except Exception as exc:  # the model file is a convenience; the test metrics are logged below
-                warn("could not log the best model to MLflow", exc)
-        if run_id and not linked:
-            tracker.log_metrics(run_id, metrics, step=step)
+    results = [metrics for member in members
+               if (metrics := _evaluate_member(sweep, cache, state, member, best, summary)) is not None]
     if not results:
         where = "here or in its MLflow run" if state.shared is not None else "here (study.state_store: local)"
         print(f"note: no saved weights for best trial {best.number} {where}; the process that trained it "
               f"evaluates it on the test split when it finishes", file=sys.stderr)
         return summary
+    metrics = _mean_over_seeds(results)
+    _log_on_parent(sweep, best, summary, metrics)
+    sweep.study.set_user_attr(names.TEST_EVALUATED_TRIAL, best.number)
+    sweep.study.set_user_attr(names.TEST_EVALUATED_TRIALS, [m.number for m in members])
+    sweep.study.set_user_attr(names.TEST_METRICS, metrics)
+    _keep_only_weights_of(sweep.study, state, members)
+    summary.update(metrics)
+    return summary
+
+
+def _chosen_summary(best: optuna.trial.FrozenTrial, group: Optional[ConfigGroup]) -> dict:
+    """The chosen configuration's trial, value and parameters. Repeated, its value is the mean over its fresh
+    seeds (the search seed was selected, see ConfigGroup), with their spread and the two other means beside it."""
+    stats = group.fresh if group is not None else None
+    summary = {"trial": best.number, "value": stats.mean if stats else best.value,
+               "params": json.loads(best.user_attrs[names.VALUES])}
+    if stats is not None:
+        summary.update(seeds=stats.n, value_std=stats.std, value_low=stats.low, value_high=stats.high,
+                       value_search_seed=best.value, value_all_seeds=group.stats.mean)
+    return summary
+
+
+def _evaluated_already(study: optuna.Study, best: optuna.trial.FrozenTrial, members: list) -> bool:
+    return (study.user_attrs.get(names.TEST_EVALUATED_TRIAL) == best.number
+            and study.user_attrs.get(names.TEST_EVALUATED_TRIALS, [best.number]) == [m.number for m in members])
+
+
+def _register_logged_model(sweep: SweepStudy, best: optuna.trial.FrozenTrial, summary: dict) -> None:
+    """--register-model given after the test evaluation: the best model is logged already, only registered."""
+    tracker = sweep.tracker
+    if not (tracker.registered_model and best.user_attrs.get(names.MLFLOW_RUN_ID)):
+        return
+    try:
+        tracker.register_model(best.user_attrs[names.MLFLOW_RUN_ID],
+                               {"study": sweep.name, "trial": best.number, sweep.config.study.metric: summary["value"],
+                                **sweep.study.user_attrs.get(names.TEST_METRICS, {})})
+    except Exception as exc:
+        warn(f"could not register the best model as {tracker.registered_model!r}", exc)
+
+
+def _evaluate_member(sweep: SweepStudy, cache: DataCache, state: TrialStateStore, member: optuna.trial.FrozenTrial,
+                     best: optuna.trial.FrozenTrial, summary: dict) -> Optional[dict]:
+    """One seed's model of the chosen configuration on the test split, logged on its run (the best's with its
+    model); None when its weights are neither here nor in its run."""
+    run_id = member.user_attrs.get(names.MLFLOW_RUN_ID)
+    weights = state.fetch_weights(member.number, run_id)
+    if weights is None:
+        return None
+    values = json.loads(member.user_attrs[names.VALUES])
+    parts, result = evaluate_weights(sweep.config.with_values(values), cache, weights, "test")
+    metrics = {"test_accuracy": result.accuracy, "test_macro_f1": result.macro_f1, "test_loss": result.loss}
+    step = member.user_attrs.get(names.EPOCHS_RUN, 0)
+    if member is best and run_id:
+        tags = {"study": sweep.name, "trial": best.number, sweep.config.study.metric: summary["value"], **metrics}
+        try:  # the test metrics logged with the model, linked to it
+            sweep.tracker.log_model(run_id, parts.model, _input_example(parts), name=f"{sweep.name}-best",
+                                    metrics=metrics, step=step, tags=tags,
+                                    link_metrics=("val_accuracy", "val_macro_f1", "val_loss"))
+            return metrics
+        except Exception as exc:  # the model file is a convenience; the test metrics are logged below
+            warn("could not log the best model to MLflow", exc)
+    if run_id:
+        sweep.tracker.log_metrics(run_id, metrics, step=step)
+    return metrics
+
+
+def _mean_over_seeds(results: list[dict]) -> dict:
+    """The test figures of the chosen configuration: the mean over its seeds' models, and how much they spread."""
     metrics = {k: sum(r[k] for r in results) / len(results) for k in results[0]}
-    if len(results) > 1:  # the mean over the chosen configuration's seeds, and how much they spread
+    if len(results) > 1:
         metrics.update({f"{k}_std": seed_stats([r[k] for r in results]).std
                         for k in ("test_accuracy", "test_macro_f1")})
         metrics["test_seeds"] = len(results)
-    tracker.log_metrics(run.parent_id, metrics, step=best.number)
+    return metrics
+
+
+def _log_on_parent(sweep: SweepStudy, best: optuna.trial.FrozenTrial, summary: dict, metrics: dict) -> None:
+    """The test figures, the chosen trial and its parameters on the study's parent run."""
+    tracker, metric = sweep.tracker, sweep.config.study.metric
+    tracker.log_metrics(sweep.parent_id, metrics, step=best.number)
     # the chosen configuration's value (with repeats, the mean over its seeds): apart from the best_ history
-    tracker.log_metrics(run.parent_id, {f"chosen_{config.study.metric}": summary["value"]}, step=best.number)
+    tracker.log_metrics(sweep.parent_id, {f"chosen_{metric}": summary["value"]}, step=best.number)
     best_run = best.user_attrs.get(names.MLFLOW_RUN_ID) or ""
-    tracker.set_tags(run.parent_id, {"best_trial": best.number, "best_run_id": best_run,
-                                     # the run's description in MLflow: the study's outcome at a glance
-                                     "mlflow.note.content": _outcome(run, best.number, best_run, summary, metrics)})
+    tracker.set_tags(sweep.parent_id, {"best_trial": best.number, "best_run_id": best_run,
+                                       # the run's description in MLflow: the study's outcome at a glance
+                                       "mlflow.note.content": _outcome(sweep, best.number, best_run, summary,
+                                                                       metrics)})
     try:  # MLflow params cannot change: a study resumed with a larger budget and a new best keeps the first
-        tracker.log_params(run.parent_id, {f"best.{k}": v for k, v in summary["params"].items()})
+        tracker.log_params(sweep.parent_id, {f"best.{k}": v for k, v in summary["params"].items()})
     except Exception as exc:
         warn("the parent run's best.* params stay those of an earlier best trial (MLflow params cannot change); "
              "its best_trial tag names the current one", exc)
-    study.set_user_attr(names.TEST_EVALUATED_TRIAL, best.number)
-    study.set_user_attr(names.TEST_EVALUATED_TRIALS, [m.number for m in members])
-    study.set_user_attr(names.TEST_METRICS, metrics)
+
+
+def _keep_only_weights_of(study: optuna.Study, state: TrialStateStore, members: list) -> None:
+    """Only the chosen configuration's weights are kept; a running trial's stay."""
     kept = {m.number for m in members}
     finished = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
-    for number in finished - kept:  # only the chosen configuration's weights are kept; a running trial's stay
+    for number in finished - kept:
         names.weights_path(state.weights_dir, number).unlink(missing_ok=True)
-    summary.update(metrics)
-    return summary

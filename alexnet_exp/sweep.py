@@ -212,14 +212,14 @@ def main(argv: Optional[list[str]] = None) -> int:
                           system_metrics=s.system_metrics, registered_model=args.register_model)
         run_tags = {"study": s.name, "sampler": s.sampler, "device": str(device), "git_commit": git_commit()}
         if args.worker:  # the launcher has set everything up; just run trials
-            run = join_study(config, storage_url, storage, sampler, pruner, tracker)
+            sweep = join_study(config, storage_url, storage, sampler, pruner, tracker)
         elif args.join or args.finalize:
-            run = join_study(config, storage_url, storage, sampler, pruner, tracker, wait_seconds=args.wait)
+            sweep = join_study(config, storage_url, storage, sampler, pruner, tracker, wait_seconds=args.wait)
         else:
             environment = {"command": redact_text("python -m alexnet_exp.sweep " + " ".join(argv)),
                            "device": str(device), "workers": n_workers, "git_commit": run_tags["git_commit"],
                            **library_versions()}
-            run, report = setup_study(config, storage_url, storage, sampler, pruner, tracker, environment)
+            sweep, report = setup_study(config, storage_url, storage, sampler, pruner, tracker, environment)
     except (ConfigError, StudyMismatch, DataError, RuntimeError) as exc:
         print(f"error: {redact_text(str(exc))}", file=sys.stderr)
         return names.EXIT_BAD_INPUT
@@ -227,65 +227,65 @@ def main(argv: Optional[list[str]] = None) -> int:
         return names.EXIT_INTERRUPTED
 
     if args.worker:
-        return _work(run, cache, run_tags)
+        return _work(sweep, cache, run_tags)
     if args.join:
-        return _join(run, cache, run_tags, args.quiet)
+        return _join(sweep, cache, run_tags, args.quiet)
     if args.finalize:
-        return _finalize(run, cache)
+        return _finalize(sweep, cache)
     if args.init_only:
-        _print_setup(run, report, device, n_workers=0)
+        _print_setup(sweep, report, device, n_workers=0)
         return names.EXIT_OK
-    return _launch(run, report, cache, run_tags, argv, n_workers, gpus, device, args.quiet)
+    return _launch(sweep, report, cache, run_tags, argv, n_workers, gpus, device, args.quiet)
 
 
-def _work(run: SweepStudy, cache: DataCache, run_tags: dict) -> int:
+def _work(sweep: SweepStudy, cache: DataCache, run_tags: dict) -> int:
     """A worker process started by the launcher."""
     launcher_gone = watch_launcher()
-    why = run_worker(run, cache, run_tags, quiet=True)
+    why = run_worker(sweep, cache, run_tags, quiet=True)
     if why == "interrupted" and launcher_gone.is_set():
         # No launcher is left to close the parent run: the last worker out does, as the launcher would have.
-        if close_parent(run, "KILLED"):
+        if close_parent(sweep, "KILLED"):
             print("the launcher ended: parent run closed as KILLED; run the same command to resume",
                   file=sys.stderr)
     return _exit_code(why)
 
 
-def _join(run: SweepStudy, cache: DataCache, run_tags: dict, quiet: bool) -> int:
+def _join(sweep: SweepStudy, cache: DataCache, run_tags: dict, quiet: bool) -> int:
     """A worker started by a scheduler (`--join`). The parent run is open while trials may run: reopened when a
     worker joins a study with budget left, closed as KILLED when the last worker is stopped (scancel,
     preemption) with budget left; the finish step closes it for good."""
-    if not retry_transient(lambda: budget_left(run), "the budget check"):
+    if not retry_transient(lambda: budget_left(sweep), "the budget check"):
         # A scheduler's spare or late task: its log says why it did nothing, and what comes next.
-        finished, _ = budget_state(run.study)
-        closed = run.tracker.run_status(run.parent_id) == "FINISHED"
-        print(f"study {run.name!r}: nothing left to run, the budget is met ({finished}/{run.config.study.n_trials} "
+        finished, _ = budget_state(sweep.study)
+        closed = sweep.tracker.run_status(sweep.parent_id) == "FINISHED"
+        print(f"study {sweep.name!r}: nothing left to run, the budget is met ({finished}/{sweep.config.study.n_trials} "
               f"trials finished); " + ("the study is finished (see its report)" if closed else
                                       "the finish step (--finalize) evaluates the best trial on the test split"),
               flush=True)
         return names.EXIT_OK
-    count = prepare_to_join(run)
+    count = prepare_to_join(sweep)
     if count:
         print(f"{count} {REQUEUED}", flush=True)
-    why = run_worker(run, cache, run_tags, quiet)
-    if why == "interrupted" and close_parent(run, "KILLED"):
+    why = run_worker(sweep, cache, run_tags, quiet)
+    if why == "interrupted" and close_parent(sweep, "KILLED"):
         print("stopped with budget left: parent run closed as KILLED until workers join again", file=sys.stderr)
     return _exit_code(why)
 
 
-def _launch(run: SweepStudy, report, cache: DataCache, run_tags: dict, argv: list[str], n_workers: int,
+def _launch(sweep: SweepStudy, report, cache: DataCache, run_tags: dict, argv: list[str], n_workers: int,
             gpus: list[str], device, quiet: bool) -> int:
-    s, tracker = run.config.study, run.tracker
-    _print_setup(run, report, device, n_workers)
+    s, tracker = sweep.config.study, sweep.tracker
+    _print_setup(sweep, report, device, n_workers)
 
     started = time.monotonic()
     why = "budget"
-    if budget_left(run):
+    if budget_left(sweep):
         if n_workers == 1:
-            why = run_worker(run, cache, run_tags, quiet)
+            why = run_worker(sweep, cache, run_tags, quiet)
         else:
             command = python_command("alexnet_exp.sweep", argv + ["--worker", "--quiet"])
             codes = supervise(command, n_workers, gpus, lambda: retry_transient(
-                lambda: budget_left(run), "the budget check"))
+                lambda: budget_left(sweep), "the budget check"))
             if codes is None:
                 why = "interrupted"
                 print("interrupted: workers stopped, their running trials marked failed; run the same command "
@@ -295,24 +295,24 @@ def _launch(run: SweepStudy, report, cache: DataCache, run_tags: dict, argv: lis
             elif any(code != names.EXIT_OK for code in codes):
                 why = "workers failed"
                 print(f"workers ended with exit codes {codes} (see their lines above); the budget is "
-                      f"{'not met' if budget_left(run) else 'met'}: run the same command "
+                      f"{'not met' if budget_left(sweep) else 'met'}: run the same command "
                       f"to go on", file=sys.stderr)
     summary = None
-    repeats_pending = why not in ("interrupted", "storage") and s.repeats is not None and budget_left(run)
+    repeats_pending = why not in ("interrupted", "storage") and s.repeats is not None and budget_left(sweep)
     if why == "interrupted":
-        close_parent(run, "KILLED")
+        close_parent(sweep, "KILLED")
     elif why == "storage":  # stopped with budget left, resumable, no test evaluation. The trial in flight could
         try:                # not be recorded as ended, so it looks RUNNING: close the parent all the same
-            tracker.finish(run.parent_id, "KILLED")
+            tracker.finish(sweep.parent_id, "KILLED")
         except Exception as exc:
             warn("could not close the parent run", exc)
     elif repeats_pending:  # the winner is chosen by the mean of its seeds: no test evaluation before they are in
-        close_parent(run, "KILLED")
+        close_parent(sweep, "KILLED")
         print("the repeats are not finished: the test split stays untouched until they are; run the same command "
               "to go on", file=sys.stderr)
     else:
-        summary = finish_study(run, cache, "FINISHED" if why in ("budget", "timeout") else "FAILED")
-    _print_end(run, summary, f" in {time.monotonic() - started:.0f} s",
+        summary = finish_study(sweep, cache, "FINISHED" if why in ("budget", "timeout") else "FAILED")
+    _print_end(sweep, summary, f" in {time.monotonic() - started:.0f} s",
                why not in ("interrupted", "storage") and not repeats_pending)
     if why == "errors":
         print(f"stopped because trials kept raising errors (exit code {names.EXIT_ERRORS}): see their MLflow "
@@ -321,10 +321,10 @@ def _launch(run: SweepStudy, report, cache: DataCache, run_tags: dict, argv: lis
     return _exit_code(why)
 
 
-def _print_setup(run: SweepStudy, report, device, n_workers: int) -> None:
-    s, tracker = run.config.study, run.tracker
+def _print_setup(sweep: SweepStudy, report, device, n_workers: int) -> None:
+    s, tracker = sweep.config.study, sweep.tracker
     print(f"study {s.name}: {report.finished}/{s.n_trials} trials finished{', resuming' if report.finished else ''}; "
-          f"storage {redact_url(run.storage_url)}; device {device}"
+          f"storage {redact_url(sweep.storage_url)}; device {device}"
           f"{f'; {n_workers} worker(s)' if n_workers else '; set up, no trial started (--init-only)'}")
     for count, what in ((report.closed_runs, "stale MLflow run(s) left RUNNING by an ended process closed as failed"),
                         (report.baselines, "baseline(s) enqueued"),
@@ -337,9 +337,9 @@ def _print_setup(run: SweepStudy, report, device, n_workers: int) -> None:
     print(f"MLflow: {tracker.shown_uri} -> {tracker.ui_link()}{where}")
 
 
-def _print_end(run: SweepStudy, summary: Optional[dict], took: str, say_missing: bool) -> None:
-    s = run.config.study
-    counts = trial_counts(run.study)
+def _print_end(sweep: SweepStudy, summary: Optional[dict], took: str, say_missing: bool) -> None:
+    s = sweep.config.study
+    counts = trial_counts(sweep.study)
     print(f"\nstudy {s.name}: {', '.join(f'{v} {k}' for k, v in counts.items())}{took}")
     if summary:
         test = (f"; held-out test accuracy {summary['test_accuracy']:.4f}, macro-F1 {summary['test_macro_f1']:.4f}"
@@ -363,26 +363,26 @@ def _print_end(run: SweepStudy, summary: Optional[dict], took: str, say_missing:
         print("no trial completed: nothing to evaluate on the test split")
 
 
-def _finalize(run: SweepStudy, cache: DataCache) -> int:
+def _finalize(sweep: SweepStudy, cache: DataCache) -> int:
     """The scheduler's last step: the test evaluation once the budget is met, and the parent run closed."""
-    s = run.config.study
-    finished, running = budget_state(run.study)
-    if budget_left(run):
-        closed = close_parent(run, "KILLED")
+    s = sweep.config.study
+    finished, running = budget_state(sweep.study)
+    if budget_left(sweep):
+        closed = close_parent(sweep, "KILLED")
         repeats = ", with its repeats," if s.repeats is not None else ""
         print(f"study {s.name}: the budget{repeats} is not met ({finished}/{s.n_trials} trials finished, "
               f"{running} running): "
               f"the test split stays untouched; parent run {'closed as KILLED' if closed else 'left RUNNING'}. "
               f"Start workers again (--join) to go on, then --finalize.", file=sys.stderr)
         return names.EXIT_INCOMPLETE
-    summary = finish_study(run, cache)
-    _print_end(run, summary, "", True)
+    summary = finish_study(sweep, cache)
+    _print_end(sweep, summary, "", True)
     if summary and "test_accuracy" not in summary:
         print("the best trial's weights were found neither here nor in its MLflow run: the test split was not "
               "evaluated (set study.state_store: mlflow, or run --finalize where the best trial trained)",
               file=sys.stderr)
         return names.EXIT_INCOMPLETE
-    print(f"MLflow runs: {run.tracker.ui_link()}")
+    print(f"MLflow runs: {sweep.tracker.ui_link()}")
     return names.EXIT_OK
 
 

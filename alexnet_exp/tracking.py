@@ -456,7 +456,7 @@ class Tracker:
         for run in self.child_runs(parent_id):
             trial = run.data.tags.get(names.TRIAL_TAG)
             if run.info.status == "RUNNING" and (trial is None or int(trial) not in live_trials):
-                self.finish(run.info.run_id, "FAILED", {names.STATE_TAG: "FAIL",
-                                                       "fail_reason": "stale: its process ended without closing it"})
+                why = "stale: its process ended without closing it"
+                self.finish(run.info.run_id, "FAILED", {names.STATE_TAG: "FAIL", names.FAIL_REASON: why})
                 closed.append(run.info.run_id)
         return closed

@@ -20,7 +20,7 @@ from .. import names
 from ..budget import is_verdict
 from ..config import ConfigError, RunConfig, config_from_dict, parse_yaml
 from ..redaction import without_credentials
-from ..repeats import config_groups, load_plan
+from ..repeats import chosen_configuration
 from ..tracking import resolve_tracking_uri, ui_runs_address
 from ..upstream import retry_history
 from .one_label import one_label_study
@@ -208,7 +208,8 @@ def load_study_data(name: str, storage: str, tracking_uri: Optional[str] = None)
         if earlier and by_number[t.number].duration_s is not None:
             by_number[t.number].duration_s += sum(d for d in earlier if d is not None)
     complete = [r for r in rows if r.state == "COMPLETE" and r.value is not None and math.isfinite(r.value)]
-    best_number = _chosen_number(study) if complete else None
+    chosen = chosen_configuration(study) if complete else None
+    best_number = chosen[0].number if chosen is not None else None
     test = attrs.get(names.TEST_METRICS, {}) if attrs.get(names.TEST_EVALUATED_TRIAL) == best_number else {}
     return StudyData(name, attrs.get(names.METRIC, "value"), study.direction.name.lower(),
                      _searched_with(attrs, "sampler", base.study.sampler if base else "?"),
@@ -236,16 +237,6 @@ def _searched_with(attrs: dict, what: str, stored: str) -> str:
     if len(steps) < 2:
         return steps[0][what] if steps else stored
     return ", then ".join([steps[0][what]] + [f"{h[what]} from trial {h['from_trial']}" for h in steps[1:]])
-
-
-def _chosen_number(study: optuna.Study) -> Optional[int]:
-    """The trial the study chose: with repeats, the search trial of the configuration with the best mean over
-    its fresh seeds (the one evaluated on the test split), else the best single trial."""
-    plan = load_plan(study)
-    groups = config_groups(study, plan) if plan is not None else []
-    if groups:
-        return groups[0].trial.number
-    return study.best_trial.number  # no repeats planned: no repeat trial either
 
 
 def _int_or_none(value: Any) -> Optional[int]:
