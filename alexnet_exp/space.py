@@ -6,8 +6,8 @@ from typing import Any, Optional
 
 import optuna
 
-from .config import RunConfig, as_scales, ordered_params
-from .space_params import CategoricalParam, IntParam, SpaceEntry, SpaceParam, active_branch, optuna_name
+from .config import RunConfig, as_scales
+from .space_params import CategoricalParam, IntParam, SpaceEntry, SpaceParam, active_branch, optuna_name, ordered_params
 
 
 def suggest(trial: optuna.Trial, space: dict[str, SpaceEntry],

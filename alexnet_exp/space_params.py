@@ -1,10 +1,22 @@
-"""The entries of a YAML `space:` section: one distribution per dotted key, with Optuna's own rules checked
-before anything runs. A leaf module (pydantic only); config.py validates them with the rest of the file."""
+"""The search space: the entries of a YAML `space:` section (one distribution per dotted key, or branches of
+one), their order (a condition's parameter first), their checks (Optuna's own rules, and each value against
+the training sections' schema) and their names in Optuna (`optuna_name`, and `entry_name` back), before
+anything runs. config.py validates the whole file with it; every view of a study reads parameter names here."""
 from __future__ import annotations
 
-from typing import Annotated, Any, Callable, Literal, Optional, Union
+import re
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .config_sections import ConfigError, check_value
+
+
+class SpaceError(ConfigError):
+    """The `space:` section is invalid (a circular condition); `errors` holds one line per problem."""
+
+    def __init__(self, errors: list[str]):
+        super().__init__("space", errors)
 
 MAX_CHOICES = 1000  # choices of one categorical parameter
 
@@ -90,6 +102,38 @@ def optuna_name(path: str, entry: SpaceEntry, branch: SpaceParam) -> str:
     return f"{path}[{shown}]"
 
 
+_BRANCH = re.compile(r"^(?P<path>[^\[\]]+)\[[^\[\]]+\]$")  # `train.lr[train.optimizer=adam|adamw]`
+
+
+def entry_name(param: str) -> str:
+    """The space entry an Optuna parameter belongs to (optuna_name's inverse): the path of a branch, else the
+    name itself."""
+    match = _BRANCH.match(param)
+    return match.group("path") if match else param
+
+
+def ordered_params(space: dict[str, SpaceEntry]) -> list[str]:
+    """Parameter paths with every `when` condition's parameter before the parameters that depend on it."""
+    order: list[str] = []
+    visiting: set[str] = set()
+
+    def visit(path: str, chain: list[str]) -> None:
+        if path in order:
+            return
+        if path in visiting:
+            raise SpaceError([f"space.{path}.when: circular condition {' -> '.join(chain + [path])}"])
+        visiting.add(path)
+        for dep in sorted({dep for branch in branches(space[path]) for dep in branch.when}):
+            if dep in space:  # an unknown condition is reported by _check_space
+                visit(dep, chain + [path])
+        visiting.discard(path)
+        order.append(path)
+
+    for path in space:
+        visit(path, [])
+    return order
+
+
 MAX_BRANCH_ASSIGNMENTS = 10_000
 
 
@@ -123,16 +167,16 @@ def branch_problems(path: str, entry: list[SpaceParam], choices: dict[str, list]
     return problems
 
 
-def space_problems(space: dict[str, "SpaceEntry"], check_value: Callable[[str, Any], Optional[str]]) -> list[str]:
-    """Every problem of the space's entries: values the training config refuses (`check_value(path, value)`
-    returns the problem or None), conditions on unknown parameters or choices, branches that overlap or leave
+def space_problems(space: dict[str, "SpaceEntry"]) -> list[str]:
+    """Every problem of the space's entries: values the training sections refuse (config_sections.check_value),
+    conditions on unknown parameters or choices, branches that overlap or leave
     an assignment uncovered."""
     errors: list[str] = []
     choices = {p: _choices(e) for p, e in space.items() if _choices(e) is not None}
     for path, entry in space.items():
         for i, param in enumerate(branches(entry)):
             where = f"space.{path}[{i}]" if isinstance(entry, list) else f"space.{path}"
-            errors += _check_param(space, check_value, path, where, param, choices)
+            errors += _check_param(space, path, where, param, choices)
         if isinstance(entry, list):
             errors += branch_problems(path, entry, choices)
     return errors
@@ -145,8 +189,7 @@ def _choices(entry: "SpaceEntry") -> Optional[list]:
     return list(dict.fromkeys(c for b in branches(entry) for c in b.choices))
 
 
-def _check_param(space: dict, check_value: Callable, path: str, where: str, param: SpaceParam,
-                 choices: dict[str, list]) -> list[str]:
+def _check_param(space: dict, path: str, where: str, param: SpaceParam, choices: dict[str, list]) -> list[str]:
     errors = []
     probes = param.choices if isinstance(param, CategoricalParam) else [param.low, param.high]
     for probe in probes:

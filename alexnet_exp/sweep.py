@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 
 from . import names
 from .budget import budget_state
-from .config import ConfigError, RunConfig, load_config, ordered_params, resolved_rates, with_epochs_everywhere
+from .config import ConfigError, RunConfig, load_config, resolved_rates, with_epochs_everywhere
 from .data import DataError
 from .interrupts import request_stop
 from .pipeline import DataCache
@@ -45,7 +45,7 @@ from .roles import (
 )
 from .samplers import make_sampler
 from .space import suggest
-from .space_params import branches
+from .space_params import branches, ordered_params
 from .study_store import StudyMismatch, default_storage, enqueue_baselines, open_storage
 from .tracking import Tracker, resolve_tracking_uri
 from .train import resolve_device

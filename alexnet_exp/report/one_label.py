@@ -10,7 +10,6 @@ of every trial to reports/<study>/dashboard.db, for optuna-dashboard to show the
 """
 from __future__ import annotations
 
-import re
 import warnings
 from typing import Optional
 
@@ -18,13 +17,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-_BRANCH = re.compile(r"^(?P<path>[^\[\]]+)\[[^\[\]]+\]$")  # `train.lr[train.optimizer=adam|adamw]`
-
-
-def entry_name(param: str) -> str:
-    """The space entry a parameter belongs to: the path of a branch parameter, else the name itself."""
-    match = _BRANCH.match(param)
-    return match.group("path") if match else param
+from ..space_params import entry_name
 
 
 def _union(a: BaseDistribution, b: BaseDistribution) -> Optional[BaseDistribution]:
