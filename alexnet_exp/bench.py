@@ -33,7 +33,7 @@ from .augment import BatchAugmenter, color_stats
 from .config import TrainConfig
 from .host_memory import keep_freed_memory
 from .model import ChannelSumLRN, build_model
-from .pipeline import fit_settings
+from .run_parts import fit_settings
 from .train import evaluate, fit, resolve_device
 
 CIFAR_TRAIN, CIFAR_VAL = 45_000, 5_000  # a CIFAR-100-sized epoch: train split + validation
@@ -177,8 +177,8 @@ def trial_overhead(device: torch.device, trials: int = 5) -> dict:
     import optuna
 
     from .config import config_from_dict, dump_config
-    from .space import suggest
-    from .tracking import Tracker
+    from .sweep.search.space import suggest
+    from .sweep.stores.tracking import Tracker
 
     config = config_from_dict({"space": {
         "train.lr": {"type": "float", "low": 1e-4, "high": 0.1, "log": True},

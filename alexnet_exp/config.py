@@ -59,7 +59,7 @@ def parse_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_ConfigLoader)
 
 
-# ---- sweep sections (read by space.py / sweep.py); the space's entries are in space_params.py -----------
+# ---- sweep sections (read by sweep/search/space.py, sweep/cli.py); the entries are in space_params.py ------
 
 
 

@@ -353,7 +353,7 @@ def load_dataset(dataset: str, *, root: str = "data", download: bool = True, val
                  device: torch.device = torch.device("cpu"),
                  checksums: Optional[dict[str, Optional[str]]] = None) -> ImageData:
     """Load a dataset on the CPU (call `.to(device)` to move it) with its validation split. The defaults are
-    the `data:` section's (config.py); `pipeline.dataset_kwargs` passes every one of them from the config.
+    the `data:` section's (config.py); `run_parts.dataset_kwargs` passes every one of them from the config.
 
     `glyphs` (glyphs.py) is generated in memory: the first `glyph_classes` characters of a fixed order,
     `glyph_train_per_class` images each in the training fonts (the validation split is carved from these) and

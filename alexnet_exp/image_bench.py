@@ -56,7 +56,7 @@ def training_rate(root: Path, cache_dir: Path, device: torch.device, batch: int,
                   width: float) -> dict:
     """Images/s of `fit`'s second epoch (the first warms up) from the cache, resident or streamed."""
     from .config import config_from_dict
-    from .pipeline import DataCache, train_run
+    from .run_parts import DataCache, train_run
 
     config = config_from_dict({
         "data": {"dataset": "imagefolder", "root": str(root), "image_cache_dir": str(cache_dir), "image_size": 256,

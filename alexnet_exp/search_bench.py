@@ -40,18 +40,18 @@ from typing import Any, Optional
 import optuna
 from optuna.trial import TrialState
 
-from . import names
 from .config import RunConfig, config_from_dict, load_config
-from .pipeline import DataCache
-from .pruning import make_pruner
-from .roles import finish_study, run_worker, setup_study
-from .samplers import make_sampler
-from .study_store import open_storage
-from .tracking import Tracker
+from .run_parts import DataCache
+from .sweep import keys
+from .sweep.lifecycle import finish_study, run_worker, setup_study
+from .sweep.search.pruning import make_pruner
+from .sweep.search.samplers import make_sampler
+from .sweep.stores.study_store import open_storage
+from .sweep.stores.tracking import Tracker
 from .train import resolve_device
 
 STRATEGIES = ("default", "random", "before")
-DEAD = (names.DIVERGED, names.STALLED)
+DEAD = (keys.DIVERGED, keys.STALLED)
 
 # glyphs.yaml's dimensions, written the way the shipped spaces were before the rework: per-optimiser rate and
 # decay branches (so TPE modelled the rate apart from everything else), SGD's momentum and nesterov, and the
@@ -105,7 +105,7 @@ def epochs_trained(trial: optuna.trial.FrozenTrial) -> int:
     """Epochs a finished trial trained: one report per epoch; a diverged or stalled run ended on an epoch it
     trained but did not report (fit stops before the report, so that no pruner records it as pruned)."""
     reported = len(trial.intermediate_values)
-    return reported + (1 if trial.user_attrs.get(names.FAIL_KIND) in DEAD else 0)
+    return reported + (1 if trial.user_attrs.get(keys.FAIL_KIND) in DEAD else 0)
 
 
 def strategy_config(base: RunConfig, strategy: str, seed: int) -> tuple[RunConfig, bool]:
@@ -151,10 +151,10 @@ def run_study(config: RunConfig, failures_as_worst: bool, epoch_budget: int, cac
         if not t.state.is_finished():
             continue
         total += epochs_trained(t)
-        trials.append({"number": t.number, "state": t.state.name, "fail_kind": t.user_attrs.get(names.FAIL_KIND),
+        trials.append({"number": t.number, "state": t.state.name, "fail_kind": t.user_attrs.get(keys.FAIL_KIND),
                        "epochs": epochs_trained(t), "cumulative_epochs": total,
                        "value": t.value if t.state == TrialState.COMPLETE else None,
-                       "values": json.loads(t.user_attrs.get(names.VALUES, "{}"))})
+                       "values": json.loads(t.user_attrs.get(keys.VALUES, "{}"))})
     return StudyResult(strategy, s.seed, trials, (summary or {}).get("test_accuracy"),
                        (summary or {}).get("trial"), time.monotonic() - started)
 

@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 from .config import ConfigError, load_config
 from .data import DataError
-from .pipeline import DataCache, evaluate_split, input_size, train_run
+from .run_parts import DataCache, evaluate_split, input_size, train_run
 from .train import EpochMetrics, resolve_device
 
 COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc", "val_f1", "lr", "img/s", "sec")

@@ -2,7 +2,7 @@
 import yaml
 from mlflow import MlflowClient
 
-from alexnet_exp import sweep
+from alexnet_exp.sweep import cli as sweep
 
 TINY = {
     "data": {"dataset": "synthetic", "synthetic_classes": 4, "synthetic_train_size": 600,

@@ -60,13 +60,13 @@ def test_search_benchmark_compares_strategies_at_equal_epochs(tmp_path, monkeypa
 def test_a_trial_that_ended_diverged_counts_the_epoch_it_trained():
     import optuna
 
-    from alexnet_exp import names
     from alexnet_exp.search_bench import epochs_trained
+    from alexnet_exp.sweep import keys
 
     study = optuna.create_study()
     trial = study.ask()
     trial.report(0.5, 1)
-    trial.set_user_attr(names.FAIL_KIND, names.DIVERGED)  # fit ended on epoch 2, before its report
+    trial.set_user_attr(keys.FAIL_KIND, keys.DIVERGED)  # fit ended on epoch 2, before its report
     study.tell(trial, state=optuna.trial.TrialState.FAIL)
     pruned = study.ask()
     for epoch in (1, 2, 3):

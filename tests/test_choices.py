@@ -6,7 +6,8 @@ import typing
 import pytest
 import torch
 
-from alexnet_exp import augment, choices, config, data, pruning, rates, samplers
+from alexnet_exp import augment, choices, config, data, rates
+from alexnet_exp.sweep.search import pruning, samplers
 from alexnet_exp.train import optim
 
 

@@ -157,7 +157,7 @@ def test_a_scale_that_resolves_out_of_range_names_the_scale():
 
 
 def test_a_baseline_rate_is_enqueued_as_the_scale_that_gives_it():
-    from alexnet_exp.space import baseline_trial
+    from alexnet_exp.sweep.search.space import baseline_trial
 
     config = config_from_dict({"space": SCALE_SPACE, "baselines": [
         {"name": "paper", "train.optimizer": "sgd", "train.lr": 0.01, "train.batch_size": 64},

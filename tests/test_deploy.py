@@ -13,10 +13,10 @@ import pytest
 import yaml
 
 import alexnet_exp.data
-from alexnet_exp import names
 from alexnet_exp.config import load_config
 from alexnet_exp.redaction import redact_text
-from alexnet_exp.sweep import build_parser
+from alexnet_exp.sweep import keys
+from alexnet_exp.sweep.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "kubernetes"
@@ -198,9 +198,9 @@ def test_bad_input_and_repeated_errors_fail_the_job_at_once_and_evictions_do_not
         fail = next(r for r in rules if r["action"] == "FailJob")
         codes = fail["onExitCodes"]
         assert codes["containerName"] == container["name"] and codes["operator"] == "In"
-        expected = {names.EXIT_BAD_INPUT, names.EXIT_ERRORS}
+        expected = {keys.EXIT_BAD_INPUT, keys.EXIT_ERRORS}
         if name == "alexnet-sweep-finish":
-            expected.add(names.EXIT_INCOMPLETE)  # budget not met: a retry cannot meet it either
+            expected.add(keys.EXIT_INCOMPLETE)  # budget not met: a retry cannot meet it either
         assert set(codes["values"]) == expected
         assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]} in rules
         assert job["spec"]["backoffLimit"] >= 1

@@ -11,7 +11,7 @@ from servers import PASSWORD, _pg_bin
 from sweep_helpers import write_config
 from waits import Launched
 
-from alexnet_exp.budget import is_verdict
+from alexnet_exp.sweep.search.budget import is_verdict
 
 
 def test_launchers_started_together_on_postgres_and_a_tracking_server(servers, tmp_path):

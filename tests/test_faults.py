@@ -13,7 +13,7 @@ from sweep_helpers import mlflow_runs, run_sweep, write_config
 from test_workers import study_of
 from waits import Launched, until
 
-from alexnet_exp.tracking import Tracker
+from alexnet_exp.sweep.stores.tracking import Tracker
 
 # One process of the dataset race: open the store, make a run, then at each of ROUNDS barriers log a dataset
 # input that no run has logged yet (a new digest per round), as parallel first trials do.
@@ -62,7 +62,7 @@ def test_runs_logging_the_same_new_dataset_at_once_all_succeed(tmp_path):
 
 def _interrupt_first_trial_at_epoch(monkeypatch, epoch, trial_call=1):
     """Ctrl-C in the `trial_call`-th trial's `epoch`, after the checkpoints of the epochs before it were written."""
-    from alexnet_exp import objective
+    from alexnet_exp.sweep import objective
 
     real_train_run = objective.train_run
     calls = []
@@ -84,7 +84,7 @@ def _interrupt_first_trial_at_epoch(monkeypatch, epoch, trial_call=1):
 def test_a_checkpoint_that_does_not_load_is_moved_aside_and_the_trial_restarts(tmp_path, monkeypatch, capsys, damage):
     """A truncated checkpoint failed the retry in 1 s with PyTorch's "failed reading zip archive" (no file
     named), and the trial was lost for good."""
-    from alexnet_exp import objective
+    from alexnet_exp.sweep import objective
 
     monkeypatch.chdir(tmp_path)
     cfg = write_config(tmp_path / "s.yaml", train={"epochs": 3},
@@ -119,7 +119,7 @@ def test_a_checkpoint_that_does_not_load_is_moved_aside_and_the_trial_restarts(t
 
 def test_a_sound_checkpoint_is_resumed(tmp_path, monkeypatch, capsys):
     """The other side of the check above: an interrupted trial's own checkpoint is trusted and resumed."""
-    from alexnet_exp import objective
+    from alexnet_exp.sweep import objective
 
     monkeypatch.chdir(tmp_path)
     cfg = write_config(tmp_path / "s.yaml", train={"epochs": 3},
@@ -150,7 +150,7 @@ def test_a_sound_checkpoint_is_resumed(tmp_path, monkeypatch, capsys):
 def _baseline_raises(monkeypatch, tries):
     """The baseline's training raises PermissionError (an unwritable checkpoint folder) on its first `tries`
     tries; every other trial trains."""
-    from alexnet_exp import objective
+    from alexnet_exp.sweep import objective
 
     real_train_run = objective.train_run
     failed = []
@@ -187,7 +187,8 @@ def test_a_baseline_that_raises_an_error_is_tried_again_before_new_samples(tmp_p
 
 
 def test_a_baseline_out_of_tries_is_reported_and_tried_again_by_a_rerun(tmp_path, monkeypatch):
-    from alexnet_exp import objective, report
+    from alexnet_exp import report
+    from alexnet_exp.sweep import objective
 
     real_train_run = objective.train_run
     monkeypatch.chdir(tmp_path)
@@ -285,7 +286,7 @@ def _fill(disk):
 def test_a_full_disk_stops_the_sweep_with_one_line_and_a_rerun_resumes(tmp_path, monkeypatch, capsys, small_disk):
     """sweeps/ on a full 8 MB disk ended in a 100-line traceback (`AssertionError: Should not reach`), exit 1,
     the trial, its MLflow run and the parent run left RUNNING."""
-    from alexnet_exp import objective
+    from alexnet_exp.sweep import objective
 
     monkeypatch.chdir(tmp_path)
     cfg = write_config(tmp_path / "s.yaml", train={"epochs": 2},
@@ -400,7 +401,7 @@ def test_a_worker_paused_past_its_heartbeats_wakes_harmless(tmp_path):
 
 def test_a_finished_study_leaves_no_checkpoint(tmp_path, monkeypatch):
     """A trial interrupted after another filled the budget left its checkpoint in sweeps/ for good."""
-    from alexnet_exp import objective
+    from alexnet_exp.sweep import objective
 
     monkeypatch.chdir(tmp_path)
     cfg = write_config(tmp_path / "s.yaml", train={"epochs": 3},
@@ -477,7 +478,7 @@ def test_folders_that_vanish_mid_trial_are_made_again(tmp_path, monkeypatch, cap
     checkpoint and the weights are written into new folders, no trial fails."""
     import shutil
 
-    from alexnet_exp import names, objective
+    from alexnet_exp.sweep import keys, objective
 
     monkeypatch.chdir(tmp_path)
     cfg = write_config(tmp_path / "s.yaml", train={"epochs": 3},
@@ -506,7 +507,7 @@ def test_folders_that_vanish_mid_trial_are_made_again(tmp_path, monkeypatch, cap
     trials = study_of(tmp_path).get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
     best = max(trials, key=lambda t: t.value)
-    assert names.weights_path(names.weights_dir("tiny"), best.number).is_file()
+    assert keys.weights_path(keys.weights_dir("tiny"), best.number).is_file()
 
 
 def test_a_signal_during_a_store_write_takes_effect_when_the_write_ends(tmp_path):
@@ -518,7 +519,7 @@ def test_a_signal_during_a_store_write_takes_effect_when_the_write_ends(tmp_path
     import sqlalchemy
     from mlflow import MlflowClient
 
-    from alexnet_exp import sweep
+    from alexnet_exp.sweep import cli as sweep
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = Tracker(uri, "signals", system_metrics=False)
@@ -553,8 +554,8 @@ def test_a_signal_during_an_optuna_storage_write_takes_effect_when_it_ends(tmp_p
     import optuna
     import sqlalchemy
 
-    from alexnet_exp import sweep
-    from alexnet_exp.study_store import open_storage
+    from alexnet_exp.sweep import cli as sweep
+    from alexnet_exp.sweep.stores.study_store import open_storage
 
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     storage = open_storage(url)

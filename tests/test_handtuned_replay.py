@@ -10,8 +10,8 @@ import optuna
 import pytest
 
 from alexnet_exp.config import load_config, with_epochs_everywhere
-from alexnet_exp.space import suggest
-from alexnet_exp.study_store import enqueue_baselines
+from alexnet_exp.sweep.search.space import suggest
+from alexnet_exp.sweep.stores.study_store import enqueue_baselines
 
 YAML = Path(__file__).resolve().parent.parent / "search_spaces" / "cifar100_handtuned.yaml"
 

@@ -255,7 +255,7 @@ def test_crops_larger_than_the_stored_images_are_refused_at_load(tmp_path):
 
 def test_a_streamed_folder_trains_exactly_as_a_resident_one(tmp_path):
     from alexnet_exp.config import config_from_dict
-    from alexnet_exp.pipeline import DataCache, train_run
+    from alexnet_exp.run_parts import DataCache, train_run
     from alexnet_exp.streaming import StreamedImages, epoch_batches
 
     root = write_folder(tmp_path / "ds", per_class=12, size=(40, 30))

@@ -22,8 +22,8 @@ from sweep_helpers import TINY, mlflow_runs, run_sweep, write_config
 from waits import Launched
 
 from alexnet_exp.config import config_from_dict
-from alexnet_exp.pipeline import DataCache, input_size, make_augmenter
-from alexnet_exp.tracking import Tracker
+from alexnet_exp.run_parts import DataCache, input_size, make_augmenter
+from alexnet_exp.sweep.stores.tracking import Tracker
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_NAME = "tiny-best"

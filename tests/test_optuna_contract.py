@@ -6,8 +6,8 @@ import pytest
 from optuna.testing.pytest_samplers import BasicSamplerTestCase, RelativeSamplerTestCase
 from optuna.testing.pytest_storages import StorageTestCase
 
-from alexnet_exp.samplers import make_sampler
-from alexnet_exp.study_store import ResilientRDBStorage
+from alexnet_exp.sweep.search.samplers import make_sampler
+from alexnet_exp.sweep.stores.study_store import ResilientRDBStorage
 
 SAMPLER_SETTINGS = {
     "tpe": {"n_startup_trials": 0},

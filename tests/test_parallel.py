@@ -13,10 +13,10 @@ from sweep_helpers import mlflow_runs, run_sweep, write_config
 from test_workers import SLOW, launch, running_trial_at_epoch, study_of, trial_states
 from waits import until
 
-from alexnet_exp.budget import is_verdict
 from alexnet_exp.config import config_from_dict
-from alexnet_exp.samplers import make_sampler
-from alexnet_exp.space import suggest
+from alexnet_exp.sweep.search.budget import is_verdict
+from alexnet_exp.sweep.search.samplers import make_sampler
+from alexnet_exp.sweep.search.space import suggest
 
 SPACE = config_from_dict({"space": {
     "train.lr": {"type": "float", "low": 0.001, "high": 0.1, "log": True},

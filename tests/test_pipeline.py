@@ -7,7 +7,7 @@ import pytest
 from alexnet_exp.augment import BatchAugmenter
 from alexnet_exp.config import AugmentConfig, DataConfig, TrainConfig
 from alexnet_exp.data import load_dataset
-from alexnet_exp.pipeline import RESOLVED_TRAIN_KEYS, dataset_kwargs, fit_settings
+from alexnet_exp.run_parts import RESOLVED_TRAIN_KEYS, dataset_kwargs, fit_settings
 from alexnet_exp.train import FitSettings
 
 

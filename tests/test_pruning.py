@@ -4,9 +4,9 @@ import pickle
 import optuna
 import pytest
 
-from alexnet_exp import names
 from alexnet_exp.config import ConfigError
-from alexnet_exp.pruning import (
+from alexnet_exp.sweep import keys
+from alexnet_exp.sweep.search.pruning import (
     BudgetHyperband,
     FairPruner,
     SameBudgetStudy,
@@ -110,10 +110,10 @@ def test_hyperband_runs_per_budget_with_the_trials_own_epochs_as_resource(tmp_pa
     seen = []
     for bracket in range(inner._n_brackets):
         trials = inner._create_bracket_study(view, bracket).get_trials(deepcopy=False)
-        assert all(t.user_attrs[names.EPOCH_BUDGET] == 10 for t in trials)
+        assert all(t.user_attrs[keys.EPOCH_BUDGET] == 10 for t in trials)
         assert all(inner._get_bracket_id(view, t) == bracket for t in trials)
         seen += [t.number for t in trials]
-    ten = [t.number for t in study.get_trials() if t.user_attrs[names.EPOCH_BUDGET] == 10]
+    ten = [t.number for t in study.get_trials() if t.user_attrs[keys.EPOCH_BUDGET] == 10]
     assert sorted(seen) == sorted(ten)
 
 
@@ -121,8 +121,8 @@ def test_repeats_and_replays_are_never_pruned(tmp_path):
     study = new_study(tmp_path, make_pruner("median", {}, epochs=10))
     for value in HIGH:
         finish(study, value, budget=10)
-    assert first_pruned_epoch(study, 0.01, budget=10, attrs={names.REPEAT_OF: 1}) is None
-    assert first_pruned_epoch(study, 0.01, budget=10, attrs={names.REPORTED: '{"accuracy": 0.2}'}) is None
+    assert first_pruned_epoch(study, 0.01, budget=10, attrs={keys.REPEAT_OF: 1}) is None
+    assert first_pruned_epoch(study, 0.01, budget=10, attrs={keys.REPORTED: '{"accuracy": 0.2}'}) is None
     assert first_pruned_epoch(study, 0.01, budget=10) == 3
 
 
@@ -153,7 +153,7 @@ def test_the_pruner_is_the_same_in_every_process(tmp_path):
     frozen = study.get_trials(deepcopy=False)[-1]
     copies = [make_pruner("median", options, 10), pickle.loads(pickle.dumps(make_pruner("median", options, 10)))]
     assert [p.prune(study, frozen) for p in copies] == [True, True]
-    assert frozen.user_attrs[names.FIRST_JUDGED_EPOCH] == 1
+    assert frozen.user_attrs[keys.FIRST_JUDGED_EPOCH] == 1
 
 
 def test_bad_pruner_names_and_options_are_config_errors():

@@ -7,10 +7,10 @@ import pytest
 from optuna.trial import TrialState
 from sweep_helpers import mlflow_runs, run_sweep, write_config
 
-from alexnet_exp import names
-from alexnet_exp.repeats import config_groups, ensure_repeats, load_plan, repeat_key, top_configurations
-from alexnet_exp.seed_stats import seed_stats, within_noise
-from alexnet_exp.study_store import default_storage
+from alexnet_exp.sweep import keys
+from alexnet_exp.sweep.search.repeats import config_groups, ensure_repeats, load_plan, repeat_key, top_configurations
+from alexnet_exp.sweep.search.seed_stats import seed_stats, within_noise
+from alexnet_exp.sweep.stores.study_store import default_storage
 
 REPEATS = {"name": "tiny", "n_trials": 4, "pruner": "none", "sampler": "random", "seed": 0,
            "repeats": {"top_k": 2, "seeds": 2}}
@@ -34,15 +34,15 @@ def test_repeats_retrain_the_best_configurations_and_the_mean_chooses(in_tmp, ca
     out = capsys.readouterr().out
     study = _study()
     trials = study.get_trials()
-    search = [t for t in trials if names.REPEAT_OF not in t.user_attrs]
-    repeats = [t for t in trials if names.REPEAT_OF in t.user_attrs]
+    search = [t for t in trials if keys.REPEAT_OF not in t.user_attrs]
+    repeats = [t for t in trials if keys.REPEAT_OF in t.user_attrs]
     assert len(search) == 4 and len(repeats) == 4  # K x S extra trials, no more
     plan = load_plan(study)
     top = top_configurations(search, 2, maximize=True)
     assert set(plan.seeds) == {t.number for t in top}
     for t in repeats:
-        origin = trials[t.user_attrs[names.REPEAT_OF]]
-        values, original = json.loads(t.user_attrs[names.VALUES]), json.loads(origin.user_attrs[names.VALUES])
+        origin = trials[t.user_attrs[keys.REPEAT_OF]]
+        values, original = json.loads(t.user_attrs[keys.VALUES]), json.loads(origin.user_attrs[keys.VALUES])
         assert values["train.seed"] in (1, 2) and original.get("train.seed", 0) == 0
         assert {k: v for k, v in values.items() if k != "train.seed"} == \
                {k: v for k, v in original.items() if k != "train.seed"}  # the same configuration, another seed
@@ -53,8 +53,8 @@ def test_repeats_retrain_the_best_configurations_and_the_mean_chooses(in_tmp, ca
     # ranked on the fresh seeds (the repeats), the search seed that chose them left out
     assert groups[0].fresh.mean >= groups[1].fresh.mean and groups[0].stats.n == 3 and groups[0].fresh.n == 2
     # the test split: once, for the configuration with the best mean, over its three seeds' models
-    assert study.user_attrs[names.TEST_EVALUATED_TRIAL] == groups[0].trial.number
-    assert study.user_attrs[names.TEST_METRICS]["test_seeds"] == 3
+    assert study.user_attrs[keys.TEST_EVALUATED_TRIAL] == groups[0].trial.number
+    assert study.user_attrs[keys.TEST_METRICS]["test_seeds"] == 3
     client, (parent,), children = mlflow_runs(in_tmp)
     assert len(children) == 8
     assert len(client.get_metric_history(parent.info.run_id, "test_accuracy")) == 1
@@ -83,7 +83,7 @@ def test_plan_and_errored_repeats_are_queued_again():
     study = optuna.create_study(direction="maximize")
     # trial 4 has trial 1's configuration: the two count once, by the better of them
     for lr, value in ((0.01, 0.5), (0.02, 0.9), (0.03, 0.7), (0.04, 0.9), (0.02, 0.95)):
-        study.enqueue_trial({"train.lr": lr}, user_attrs={names.VALUES: json.dumps({"train.lr": lr})})
+        study.enqueue_trial({"train.lr": lr}, user_attrs={keys.VALUES: json.dumps({"train.lr": lr})})
         study.tell(_ask(study), value)
     plan = ensure_repeats(study, n_trials=5, top_k=2, seeds=2, default_seed=7)
     assert plan.seeds == {4: [8, 9], 3: [8, 9]} and plan.after_trial == 4
@@ -96,7 +96,7 @@ def test_plan_and_errored_repeats_are_queued_again():
         if value is not None:
             study.tell(trial, value)
         else:
-            trial.set_user_attr(names.FAIL_KIND, kind)
+            trial.set_user_attr(keys.FAIL_KIND, kind)
             study.tell(trial, state=TrialState.FAIL)
     assert ensure_repeats(study, n_trials=5, top_k=2, seeds=2, default_seed=7) == plan  # made once
     queued = sorted(repeat_key(t) for t in study.get_trials(states=(TrialState.WAITING,)))
@@ -112,14 +112,14 @@ def test_a_larger_budget_searches_on_and_plans_again(in_tmp):
     assert first.n_trials == 2 and first.planned == 1 and len(_study().trials) == 3
     assert run_sweep(in_tmp, config, "--trials", "4") == 0
     study = _study()
-    search = [t for t in study.trials if names.REPEAT_OF not in t.user_attrs]
-    assert len(search) == 4 and all(t.user_attrs.get(names.FAIL_KIND) != names.SURPLUS for t in search)
+    search = [t for t in study.trials if keys.REPEAT_OF not in t.user_attrs]
+    assert len(search) == 4 and all(t.user_attrs.get(keys.FAIL_KIND) != keys.SURPLUS for t in search)
     plan = load_plan(study)
     assert plan.n_trials == 4 and plan.after_trial >= 4
-    repeats = [t for t in study.trials if names.REPEAT_OF in t.user_attrs]
+    repeats = [t for t in study.trials if keys.REPEAT_OF in t.user_attrs]
     # the first plan's repeat is kept; a new one only if another configuration is now the best
     assert len(repeats) == (1 if plan.seeds == first.seeds else 2)
-    assert study.user_attrs[names.TEST_EVALUATED_TRIAL] == config_groups(study, plan)[0].trial.number
+    assert study.user_attrs[keys.TEST_EVALUATED_TRIAL] == config_groups(study, plan)[0].trial.number
 
 
 def test_ties_are_called_ties():
@@ -139,15 +139,15 @@ def test_ties_are_called_ties():
 def test_an_interrupted_repeat_resumes_and_no_trial_is_sampled_meanwhile(tmp_path):
     """A repeat stopped by SIGTERM (a preempted --join task) is queued to resume once, by the workers still in
     the repeats' phase; while nothing is queued they wait instead of sampling trials that would be surplus."""
-    from alexnet_exp.study_store import requeue_unfinished
-    from alexnet_exp.workers import run_trials
+    from alexnet_exp.sweep.stores.study_store import requeue_unfinished
+    from alexnet_exp.sweep.workers import run_trials
 
     study = optuna.create_study(direction="maximize", storage=f"sqlite:///{tmp_path / 'o.db'}")
-    study.enqueue_trial({"train.lr": 0.01}, user_attrs={names.VALUES: json.dumps({"train.lr": 0.01})})
+    study.enqueue_trial({"train.lr": 0.01}, user_attrs={keys.VALUES: json.dumps({"train.lr": 0.01})})
     study.tell(_ask(study), 0.5)
     plan = ensure_repeats(study, n_trials=1, top_k=1, seeds=1, default_seed=0)
     trial = _ask(study)
-    trial.set_user_attr(names.FAIL_KIND, names.INTERRUPTED)
+    trial.set_user_attr(keys.FAIL_KIND, keys.INTERRUPTED)
     study.tell(trial, state=TrialState.FAIL)
     for _ in range(2):  # two workers topping up, one after the other
         requeue_unfinished(study)
@@ -168,7 +168,7 @@ def test_repeated_configurations_are_ranked_on_their_fresh_seeds():
     its seeds (0.79 against 0.743) says it does."""
     study = optuna.create_study(direction="maximize")
     for lr, value in ((0.01, 0.95), (0.02, 0.76)):
-        study.enqueue_trial({"train.lr": lr}, user_attrs={names.VALUES: json.dumps({"train.lr": lr})})
+        study.enqueue_trial({"train.lr": lr}, user_attrs={keys.VALUES: json.dumps({"train.lr": lr})})
         study.tell(_ask(study), value)
     plan = ensure_repeats(study, n_trials=2, top_k=2, seeds=2, default_seed=0)
     fresh = {(0, 1): 0.70, (0, 2): 0.72, (1, 1): 0.73, (1, 2): 0.74}

@@ -274,7 +274,7 @@ def test_reported_figures_beside_the_replayed_baseline(noisy):
 
 
 def test_repeated_seeds_and_ties(noisy):
-    from alexnet_exp.seed_stats import seed_stats
+    from alexnet_exp.sweep.search.seed_stats import seed_stats
 
     root, _, numbers = noisy
     markdown = (root / "reports/noisy/report.md").read_text()

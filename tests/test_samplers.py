@@ -2,7 +2,7 @@
 import pytest
 
 from alexnet_exp.config import ConfigError, config_from_dict
-from alexnet_exp.samplers import grid_points, make_sampler
+from alexnet_exp.sweep.search.samplers import grid_points, make_sampler
 
 
 def test_bad_sampler_names_and_options_are_config_errors():

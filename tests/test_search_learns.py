@@ -5,17 +5,17 @@ import math
 import optuna
 import pytest
 
-from alexnet_exp import names
 from alexnet_exp.config import config_from_dict, load_config
-from alexnet_exp.samplers import FailuresAsWorst, as_worst_result, make_sampler
-from alexnet_exp.space import suggest
+from alexnet_exp.sweep import keys
+from alexnet_exp.sweep.search.samplers import FailuresAsWorst, as_worst_result, make_sampler
+from alexnet_exp.sweep.search.space import suggest
 
 CLIFF_SPACE = {"train.lr_scale": {"type": "float", "low": 0.01, "high": 100, "log": True},
                "model.dropout": {"type": "float", "low": 0.0, "high": 0.9}}
 
 
 def fail(study, trial, kind):
-    trial.set_user_attr(names.FAIL_KIND, kind)
+    trial.set_user_attr(keys.FAIL_KIND, kind)
     study.tell(trial, state=optuna.trial.TrialState.FAIL)
 
 
@@ -30,7 +30,7 @@ def failures_after_startup(failures_as_worst: bool, seed: int = 0, trials: int =
         trial = study.ask()
         values = suggest(trial, space)
         if values["train.lr_scale"] > 3:
-            fail(study, trial, names.DIVERGED)
+            fail(study, trial, keys.DIVERGED)
             fallen += number >= startup
         else:
             value = 0.5 + 0.1 * math.log10(values["train.lr_scale"]) - 0.1 * abs(values["model.dropout"] - 0.4)
@@ -47,7 +47,7 @@ def test_a_region_that_diverged_is_sampled_less_after_it_failed():
 
 def test_failures_stay_failures_in_the_study_and_only_verdicts_teach():
     study = optuna.create_study(direction="maximize")
-    for kind in (names.DIVERGED, names.ERROR, names.STALLED, names.INTERRUPTED):
+    for kind in (keys.DIVERGED, keys.ERROR, keys.STALLED, keys.INTERRUPTED):
         trial = study.ask()
         trial.suggest_float("x", 0, 1)
         trial.report(0.3, 1)

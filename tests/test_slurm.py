@@ -16,7 +16,7 @@ from slurm_cluster import start_slurm
 from sweep_helpers import write_config
 from waits import until
 
-from alexnet_exp.budget import is_verdict
+from alexnet_exp.sweep.search.budget import is_verdict
 
 SUBMIT = Path(__file__).resolve().parents[1] / "deploy" / "slurm" / "submit.sh"
 

@@ -5,8 +5,8 @@ import optuna
 import pytest
 
 from alexnet_exp.config import ConfigError, config_from_dict
-from alexnet_exp.space import baseline_trial, suggest
-from alexnet_exp.study_store import enqueue_baselines
+from alexnet_exp.sweep.search.space import baseline_trial, suggest
+from alexnet_exp.sweep.stores.study_store import enqueue_baselines
 
 OPTIMIZER = {"type": "categorical", "choices": ["sgd", "adam", "adamw"]}
 SGD_LR = {"when": {"train.optimizer": "sgd"}, "type": "float", "low": 1.0e-3, "high": 0.1, "log": True}
@@ -99,7 +99,7 @@ def test_reported_figures_are_validated():
 
 
 def test_grid_sampler_refuses_branches():
-    from alexnet_exp.samplers import make_sampler
+    from alexnet_exp.sweep.search.samplers import make_sampler
 
     config = config_from_dict(space({**SGD_LR, "step": 0.01, "log": False}, {**ADAM_LR, "log": False, "step": 1.0e-4,
                                                                              "high": 1.0e-3}))

@@ -2,7 +2,7 @@ import multiprocessing as mp
 
 from waits import STALL_S
 
-from alexnet_exp.study_store import open_storage
+from alexnet_exp.sweep.stores.study_store import open_storage
 
 
 def _open_when_released(url, start, ready, results):

@@ -7,7 +7,7 @@ from sweep_helpers import TINY, mlflow_runs, run_sweep, write_config
 
 from alexnet_exp.config import config_from_dict
 from alexnet_exp.redaction import redact_url as redact
-from alexnet_exp.space import suggest
+from alexnet_exp.sweep.search.space import suggest
 
 
 @pytest.fixture

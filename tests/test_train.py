@@ -8,7 +8,7 @@ import torch.nn as nn
 from alexnet_exp.augment import BatchAugmenter, color_stats
 from alexnet_exp.config import TrainConfig
 from alexnet_exp.model import build_model
-from alexnet_exp.pipeline import fit_settings
+from alexnet_exp.run_parts import fit_settings
 from alexnet_exp.stopping import at_chance, explosion, stall_count
 from alexnet_exp.train import (
     EpochMetrics,

@@ -1,4 +1,4 @@
-"""Each place the project leans on Optuna's or MLflow's non-public API (alexnet_exp/upstream.py lists them),
+"""Each place the project leans on Optuna's or MLflow's non-public API (alexnet_exp/sweep/upstream.py lists them),
 checked against the installed versions: an upgrade that renames, moves or stops calling one fails here."""
 import inspect
 
@@ -6,8 +6,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from alexnet_exp import upstream
-from alexnet_exp.study_store import ResilientRDBStorage, open_storage
+from alexnet_exp.sweep import upstream
+from alexnet_exp.sweep.stores.study_store import ResilientRDBStorage, open_storage
 
 
 def _parameters(function) -> list[str]:
@@ -62,7 +62,7 @@ def test_a_queued_trial_is_claimed_through_optunas_trial_table(tmp_path):
 
 
 def test_qmc_asks_us_for_its_sample_index(tmp_path):
-    from alexnet_exp.samplers import _TrialIndexedQMC
+    from alexnet_exp.sweep.search.samplers import _TrialIndexedQMC
 
     assert _parameters(optuna.samplers.QMCSampler._find_sample_id) == ["self", "study", "search_space"]
     asked = []
@@ -82,7 +82,7 @@ def test_qmc_asks_us_for_its_sample_index(tmp_path):
 def test_the_grids_random_state_is_the_one_we_set():
     from optuna.samplers._lazy_random_state import LazyRandomState
 
-    from alexnet_exp.samplers import _TrialSeededGrid
+    from alexnet_exp.sweep.search.samplers import _TrialSeededGrid
 
     sampler = _TrialSeededGrid({"x": [1, 2, 3]}, seed=0)
     assert isinstance(sampler._rng, LazyRandomState)
@@ -92,7 +92,7 @@ def test_the_grids_random_state_is_the_one_we_set():
 
 
 def test_hyperband_builds_its_bracket_studies_through_our_override():
-    from alexnet_exp.pruning import BudgetHyperband, SameBudgetStudy
+    from alexnet_exp.sweep.search.pruning import BudgetHyperband, SameBudgetStudy
 
     assert _parameters(optuna.pruners.HyperbandPruner._create_bracket_study) == ["self", "study", "bracket_id"]
     assert _parameters(optuna.pruners.HyperbandPruner._get_bracket_id) == ["self", "study", "trial"]

@@ -9,7 +9,7 @@ from optuna.trial import TrialState
 from sweep_helpers import mlflow_runs, run_sweep, write_config
 from waits import Launched
 
-from alexnet_exp.budget import is_verdict
+from alexnet_exp.sweep.search.budget import is_verdict
 
 
 def launch(tmp_path, config, *flags, env=None) -> Launched:
@@ -81,7 +81,7 @@ def test_four_local_workers_share_one_budget(tmp_path):
 def test_injected_out_of_memory_fails_one_trial_and_the_sweep_goes_on(tmp_path, monkeypatch):
     import torch
 
-    from alexnet_exp import objective
+    from alexnet_exp.sweep import objective
 
     monkeypatch.chdir(tmp_path)
     real_train_run, calls = objective.train_run, []
@@ -178,7 +178,7 @@ def test_unreachable_storage_or_tracking_server_is_a_clear_error_before_training
     code = run_sweep(tmp_path, cfg, "--storage", "postgresql://alice:s3cret@127.0.0.1:9/optuna")
     err = capsys.readouterr().err
     assert code == 2 and "cannot open storage" in err and "s3cret" not in err and "alice:***@" in err
-    from alexnet_exp import sweep
+    from alexnet_exp.sweep import cli as sweep
 
     code = sweep.main([str(cfg), "--quiet", "--tracking-uri", "http://127.0.0.1:9"])
     err = capsys.readouterr().err
@@ -189,7 +189,7 @@ def test_unreachable_storage_or_tracking_server_is_a_clear_error_before_training
 def test_a_worker_waiting_on_the_last_trials_of_others_says_why_once(monkeypatch, capsys):
     """A worker idle while other workers run the budget's last trials printed nothing: a scheduler's log
     showed a task doing nothing for an hour, with no reason."""
-    from alexnet_exp import workers
+    from alexnet_exp.sweep import workers
 
     monkeypatch.setattr(workers, "POLL_SECONDS", 0.01)
     study = optuna.create_study()
@@ -221,7 +221,7 @@ class _Terminal:
 
 def test_the_progress_bar_counts_the_budgets_epochs(monkeypatch):
     """Counted in trials, the ETA sat still for five minutes, then jumped: it moves with every epoch now."""
-    from alexnet_exp.progress import SweepProgress
+    from alexnet_exp.sweep.progress import SweepProgress
 
     monkeypatch.setattr(sys, "stderr", _Terminal())
     progress = SweepProgress(total=4, done=1, epochs=5, metric="val_accuracy")
@@ -250,7 +250,7 @@ def test_the_progress_bar_counts_the_budgets_epochs(monkeypatch):
 
 
 def test_progress_written_to_a_file_is_plain_lines(capsys):
-    from alexnet_exp.progress import SweepProgress
+    from alexnet_exp.sweep.progress import SweepProgress
 
     progress = SweepProgress(total=2, done=0, epochs=2, metric="val_accuracy")  # not --quiet: stderr is a file
     assert progress.bar is None

@@ -2,7 +2,7 @@
 it replaces. It reads the Optuna study and its MLflow runs (never trains, needs no GPU) and writes
 `reports/<study>/`: report.md, a self-contained report.html, trials.csv and the figures as PNG.
 
-data.py reads a study (Optuna + MLflow) into rows; noise.py groups seeds and calls ties; references.py holds the
+data.py reads a study (Optuna + MLflow) into rows; ties.py groups seeds and calls ties; references.py holds the
 seed documents' own figures and the reported-vs-replayed rows; figures.py and study_figures.py draw; render.py
 writes Markdown and HTML; cli.py lays the report out. Nothing here is imported by the training or sweep side.
 """

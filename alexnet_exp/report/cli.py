@@ -14,16 +14,16 @@ from typing import Optional
 
 import pandas as pd
 
-from .. import names
 from ..redaction import redact_url
+from ..sweep import keys
 from . import figures, study_figures
 from .data import StudyData, discover_studies, load_study_data, param_columns, trials_frame
-from .noise import configurations, labels_by_trial, noise_blocks
 from .one_label import EVERY_STATE, one_label_study
 from .page_table import page_table
 from .references import reference_blocks, reported_blocks
 from .render import Block, Figure, Table, render_html, render_markdown
 from .render import fmt as _fmt
+from .ties import configurations, labels_by_trial, noise_blocks
 
 # Below this many complete trials, fANOVA's importances are mostly noise (issue 12).
 IMPORTANCE_MIN_TRIALS = 10
@@ -94,7 +94,7 @@ def _runs_sentence(data: StudyData) -> str:
             f"`{redact_url(data.tracking_uri)}` (`mlflow ui` started in the store's folder shows them).")
 
 
-def study_report(data: StudyData, out_dir: Path, weights_root: Path = names.SWEEPS_DIR) -> list[Path]:
+def study_report(data: StudyData, out_dir: Path, weights_root: Path = keys.SWEEPS_DIR) -> list[Path]:
     """Write one study's report; return the files written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("*.png"):  # a figure that cannot be drawn any more must not linger
@@ -160,7 +160,7 @@ def study_report(data: StudyData, out_dir: Path, weights_root: Path = names.SWEE
         worst = per_class.sort_values("f1", kind="stable").head(10)
         blocks.append("Ten worst classes (validation F1): " + ", ".join(
             f"{c} ({f:.2f})" for c, f in zip(worst["class"], worst["f1"])))
-    weights = names.weights_path(names.weights_dir(data.name, weights_root), data.best_number or 0)
+    weights = keys.weights_path(keys.weights_dir(data.name, weights_root), data.best_number or 0)
     add(figures.first_layer_kernels(weights, out_dir / "first_layer_kernels.png"),
         "Best model's first-layer kernels (each scaled to its own range)",
         f"the best trial's weights are not in {weights.parent}")
@@ -218,7 +218,7 @@ def comparison_report(studies: list[StudyData], out_dir: Path) -> list[Path]:
 def log_to_parent_run(data: StudyData, files: list[Path]) -> bool:
     if not data.parent_run_id:
         return False
-    from ..tracking import Tracker
+    from ..sweep.stores.tracking import Tracker
 
     tracker = Tracker(data.tracking_uri, (data.config.study.experiment if data.config else None) or data.name)
     if not tracker.run_exists(data.parent_run_id):
@@ -242,7 +242,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per study is enough
 
     if args.study:
-        targets = [(name, args.storage or f"sqlite:///{names.default_storage_path(name)}") for name in args.study]
+        targets = [(name, args.storage or f"sqlite:///{keys.default_storage_path(name)}") for name in args.study]
         missing = [(n, s) for n, s in targets if s.startswith("sqlite:///") and not Path(s[10:]).is_file()]
         if missing:
             print(f"error: no study storage at {missing[0][1][10:]}; run the sweep first, or pass --storage",

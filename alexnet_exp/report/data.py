@@ -16,13 +16,13 @@ import pandas as pd
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from .. import names
-from ..budget import is_verdict
 from ..config import ConfigError, RunConfig, config_from_dict, parse_yaml
 from ..redaction import without_credentials
-from ..repeats import chosen_configuration
-from ..tracking import resolve_tracking_uri, ui_runs_address
-from ..upstream import retry_history
+from ..sweep import keys
+from ..sweep.search.budget import is_verdict
+from ..sweep.search.repeats import chosen_configuration
+from ..sweep.stores.tracking import resolve_tracking_uri, ui_runs_address
+from ..sweep.upstream import retry_history
 from .one_label import one_label_study
 
 CURVES = ("train_loss", "val_loss", "val_accuracy", "val_macro_f1")
@@ -45,7 +45,7 @@ class TrialRow:
     started: Optional[dt.datetime] = None
     completed: Optional[dt.datetime] = None
     verdict: bool = False  # finished with a result that judges its values (budget.is_verdict)
-    fail_kind: str = ""  # a FAIL trial's kind (names.FAIL_KIND): interrupted and lost ones were retried
+    fail_kind: str = ""  # a FAIL trial's kind (keys.FAIL_KIND): interrupted and lost ones were retried
     tries: int = 1  # this trial and the earlier tries it retries; its duration_s is theirs together
 
     def last(self, metric: str) -> Optional[float]:
@@ -96,7 +96,7 @@ class StudyData:
         """Trials by state, an interrupted or lost one (its retry carries it on) apart from failures."""
         out: dict[str, int] = {}
         for t in self.trials:
-            state = t.fail_kind.upper() if t.fail_kind in (names.INTERRUPTED, names.LOST) else t.state
+            state = t.fail_kind.upper() if t.fail_kind in (keys.INTERRUPTED, keys.LOST) else t.state
             out[state] = out.get(state, 0) + 1
         return out
 
@@ -137,15 +137,15 @@ class StudyData:
 
 def _note(t: optuna.trial.FrozenTrial) -> str:
     if t.state == TrialState.PRUNED:
-        return f"pruned at epoch {t.user_attrs.get(names.PRUNED_AT_EPOCH, '?')}"
+        return f"pruned at epoch {t.user_attrs.get(keys.PRUNED_AT_EPOCH, '?')}"
     if t.state == TrialState.FAIL:
-        kind = t.user_attrs.get(names.FAIL_KIND)
-        reason = t.user_attrs.get(names.FAIL_REASON, "")
+        kind = t.user_attrs.get(keys.FAIL_KIND)
+        reason = t.user_attrs.get(keys.FAIL_REASON, "")
         if kind is None:  # no verdict recorded: its process died (stale heartbeat) and it was retried
             return "failed: its worker ended mid-trial"
-        return {names.OUT_OF_MEMORY: "out of memory"}.get(kind, kind) + (f": {reason}" if reason else "")
+        return {keys.OUT_OF_MEMORY: "out of memory"}.get(kind, kind) + (f": {reason}" if reason else "")
     if t.state == TrialState.RUNNING:
-        return f"running (epoch {t.user_attrs.get(names.EPOCHS_RUN, 0)})"
+        return f"running (epoch {t.user_attrs.get(keys.EPOCHS_RUN, 0)})"
     return ""
 
 
@@ -172,33 +172,33 @@ def load_study_data(name: str, storage: str, tracking_uri: Optional[str] = None)
     study = optuna.load_study(study_name=name, storage=storage)
     attrs = study.user_attrs
     base = None
-    if names.CONFIG in attrs:
+    if keys.CONFIG in attrs:
         try:
-            base = config_from_dict(parse_yaml(attrs[names.CONFIG]), f"study {name}")
+            base = config_from_dict(parse_yaml(attrs[keys.CONFIG]), f"study {name}")
         except ConfigError:
             base = None  # written by another version: show what Optuna has
     tracking_uri = tracking_uri or resolve_tracking_uri(base.study.tracking_uri if base else None)
     client = MlflowClient(tracking_uri)
     rows = []
     for t in study.get_trials(deepcopy=False):
-        values = json.loads(t.user_attrs.get(names.VALUES, "{}")) or dict(t.params)
+        values = json.loads(t.user_attrs.get(keys.VALUES, "{}")) or dict(t.params)
         config = None
         if base is not None:
             try:
                 config = base.with_values(values)
             except ConfigError:
                 config = None
-        run_id = t.user_attrs.get(names.MLFLOW_RUN_ID)
+        run_id = t.user_attrs.get(keys.MLFLOW_RUN_ID)
         value = t.value if t.state == TrialState.COMPLETE else None
-        row = TrialRow(t.number, t.state.name, value, t.user_attrs.get(names.BASELINE, ""), _note(t),
+        row = TrialRow(t.number, t.state.name, value, t.user_attrs.get(keys.BASELINE, ""), _note(t),
                        _duration(t), values, config, run_id, _history(client, run_id))
-        row.repeat_of = _int_or_none(t.user_attrs.get(names.REPEAT_OF))
-        row.reported = _json_dict(t.user_attrs.get(names.REPORTED))
-        if names.WORKER_PID in t.user_attrs:
-            row.worker = f"{t.user_attrs.get(names.WORKER_HOST, '?')}:{t.user_attrs[names.WORKER_PID]}"
+        row.repeat_of = _int_or_none(t.user_attrs.get(keys.REPEAT_OF))
+        row.reported = _json_dict(t.user_attrs.get(keys.REPORTED))
+        if keys.WORKER_PID in t.user_attrs:
+            row.worker = f"{t.user_attrs.get(keys.WORKER_HOST, '?')}:{t.user_attrs[keys.WORKER_PID]}"
         row.started, row.completed = t.datetime_start, t.datetime_complete
         row.verdict = is_verdict(t)
-        row.fail_kind = t.user_attrs.get(names.FAIL_KIND, "") if t.state == TrialState.FAIL else ""
+        row.fail_kind = t.user_attrs.get(keys.FAIL_KIND, "") if t.state == TrialState.FAIL else ""
         row.tries = 1 + len(retry_history(t))
         rows.append(row)
     # A retried trial's time is its tries' together: a resume that trained one last epoch did not take 58 s.
@@ -210,13 +210,13 @@ def load_study_data(name: str, storage: str, tracking_uri: Optional[str] = None)
     complete = [r for r in rows if r.state == "COMPLETE" and r.value is not None and math.isfinite(r.value)]
     chosen = chosen_configuration(study) if complete else None
     best_number = chosen[0].number if chosen is not None else None
-    test = attrs.get(names.TEST_METRICS, {}) if attrs.get(names.TEST_EVALUATED_TRIAL) == best_number else {}
-    return StudyData(name, attrs.get(names.METRIC, "value"), study.direction.name.lower(),
+    test = attrs.get(keys.TEST_METRICS, {}) if attrs.get(keys.TEST_EVALUATED_TRIAL) == best_number else {}
+    return StudyData(name, attrs.get(keys.METRIC, "value"), study.direction.name.lower(),
                      _searched_with(attrs, "sampler", base.study.sampler if base else "?"),
                      _searched_with(attrs, "pruner", base.study.pruner if base else "?"), base,
-                     attrs.get(names.ENVIRONMENT, {}), rows, study, tracking_uri, attrs.get(names.PARENT_RUN_ID),
+                     attrs.get(keys.ENVIRONMENT, {}), rows, study, tracking_uri, attrs.get(keys.PARENT_RUN_ID),
                      test, best_number, _validation_images(client, rows),
-                     _experiment_of(client, [attrs.get(names.PARENT_RUN_ID)] + [r.run_id for r in rows]))
+                     _experiment_of(client, [attrs.get(keys.PARENT_RUN_ID)] + [r.run_id for r in rows]))
 
 
 def _experiment_of(client: MlflowClient, run_ids: list[Optional[str]]) -> Optional[str]:
@@ -230,9 +230,9 @@ def _experiment_of(client: MlflowClient, run_ids: list[Optional[str]]) -> Option
 
 
 def _searched_with(attrs: dict, what: str, stored: str) -> str:
-    """The study's sampler or pruner, with each change a resume made (names.SEARCH_HISTORY): `random, then
+    """The study's sampler or pruner, with each change a resume made (keys.SEARCH_HISTORY): `random, then
     tpe from trial 12`."""
-    history = json.loads(attrs.get(names.SEARCH_HISTORY, "[]"))
+    history = json.loads(attrs.get(keys.SEARCH_HISTORY, "[]"))
     steps = [h for i, h in enumerate(history) if i == 0 or h[what] != history[i - 1][what]]
     if len(steps) < 2:
         return steps[0][what] if steps else stored
@@ -328,7 +328,7 @@ def _param_value(t: TrialRow, key: str, sampled: set[str]) -> Any:
 
 def trials_frame(data: StudyData, vs_best: Optional[dict[int, str]] = None) -> pd.DataFrame:
     """The comparison table: one row per trial with every parameter as a column, best first by the objective.
-    `vs_best`: trial number -> its configuration's standing against the best (noise.py)."""
+    `vs_best`: trial number -> its configuration's standing against the best (ties.py)."""
     columns = param_columns(data)
     sampled = set(data.config.space) if data.config else set()
     repeats = any(t.repeat_of is not None for t in data.trials)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from .data import StudyData, TrialRow
-from .noise import Configuration
+from .ties import Configuration
 
 # Each seed document's own figures, read from /work/shared/seeds (000..004); None where it reports none.
 # Documents 001 and 002 (ImageNet notes; 002 uses pretrained weights) report no figure of their own.

@@ -71,7 +71,7 @@ class FitResult:
 @dataclass(frozen=True)
 class FitSettings:
     """What `fit` needs to know besides the model and the data: the `train:` section less `device` (the data is
-    on its device already). No defaults: the config holds them, and `pipeline.fit_settings` copies them across."""
+    on its device already). No defaults: the config holds them, and `run_parts.fit_settings` copies them across."""
 
     optimizer: str  # sgd | adam | adamw
     lr: float  # peak learning rate

@@ -6,17 +6,17 @@ Optuna (5.0):
   (Optuna's `Trial` has no public getter of its system attributes).
 - `retry_history`, `retried_trial_number` below: `RetryFailedTrialCallback`'s public, experimental helpers
   (what its retries write in a trial's system attributes), with their ExperimentalWarning kept quiet.
-- study_store.py `StudyStorage`: overrides RDBStorage's `_get_stale_trial_ids(study_id)` (to record why a
+- stores/study_store.py `StudyStorage`: overrides RDBStorage's `_get_stale_trial_ids(study_id)` (to record why a
   trial was lost) and claims a queued trial with an UPDATE through `optuna.storages._rdb.models.TrialModel`
   and `optuna.storages._rdb.storage._create_scoped_session`.
-- samplers.py `_TrialIndexedQMC`: overrides QMCSampler's `_find_sample_id(study, search_space)`;
+- search/samplers.py `_TrialIndexedQMC`: overrides QMCSampler's `_find_sample_id(study, search_space)`;
   `_TrialSeededGrid` sets GridSampler's `_rng` to an `optuna.samplers._lazy_random_state.LazyRandomState`.
-- pruning.py `SameBudgetStudy`: the `_storage` and `_study_id` a pruner reads from its study;
+- search/pruning.py `SameBudgetStudy`: the `_storage` and `_study_id` a pruner reads from its study;
   `BudgetHyperband` overrides HyperbandPruner's `_create_bracket_study(study, bracket_id)` and calls its
   `_get_bracket_id(study, trial)`.
 
 MLflow (3.17):
-- tracking.py: `mlflow.system_metrics.system_metrics_monitor.SystemMetricsMonitor(run_id, sampling_interval=,
+- stores/tracking.py: `mlflow.system_metrics.system_metrics_monitor.SystemMetricsMonitor(run_id, sampling_interval=,
   samples_before_logging=, tracking_uri=)` with `start()` and `finish()`, one monitor per trial run (MLflow's
   public switch monitors only the active run of the process), and after `finish()` its `monitors` (each with
   `metrics`), `collect_metrics()`, `aggregate_metrics()`, `publish_metrics(...)` and `mlflow_logger.flush()`

@@ -17,9 +17,9 @@ import optuna
 from optuna.samplers import BaseSampler, GridSampler, QMCSampler
 from optuna.trial import FrozenTrial, TrialState
 
+from ...config import ConfigError
+from ...space_params import CategoricalParam, FloatParam, IntParam, SpaceEntry, branches, optuna_name
 from .budget import is_verdict
-from .config import ConfigError
-from .space_params import CategoricalParam, FloatParam, IntParam, SpaceEntry, branches, optuna_name
 
 # TPE's constant liar (our default, for parallel workers) is marked experimental.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

@@ -21,11 +21,11 @@ from typing import Any, Callable, Optional
 import optuna
 from optuna.pruners import BasePruner, HyperbandPruner
 
-from . import names
+from ...choices import PRUNERS
+from ...config import ConfigError
+from ...train.optim import ONECYCLE_PCT_START
+from .. import keys
 from .budget import is_measurement
-from .choices import PRUNERS
-from .config import ConfigError
-from .train.optim import ONECYCLE_PCT_START
 
 # Keys of study.pruner_options read here, not passed on to the Optuna pruner.
 WARMUP_OPTIONS = ("warmup_fraction", "min_warmup_epochs")
@@ -70,13 +70,13 @@ def warmup_rule(options: dict[str, Any]) -> WarmupRule:
 def record_budget(trial: optuna.Trial, epochs: int, schedule: str, options: dict[str, Any],
                   lr_warmup_epochs: int = 0) -> None:
     """Write on `trial`, before it trains, what the pruner judges it by: its epoch budget and its warm-up."""
-    trial.set_user_attr(names.EPOCH_BUDGET, epochs)
-    trial.set_user_attr(names.FIRST_JUDGED_EPOCH, warmup_rule(options).epochs(epochs, schedule, lr_warmup_epochs))
+    trial.set_user_attr(keys.EPOCH_BUDGET, epochs)
+    trial.set_user_attr(keys.FIRST_JUDGED_EPOCH, warmup_rule(options).epochs(epochs, schedule, lr_warmup_epochs))
 
 
 def epoch_budget(trial: optuna.trial.FrozenTrial, default: int) -> int:
     """The trial's own epochs; `default` (the config's train.epochs) for trials recorded without one."""
-    return int(trial.user_attrs.get(names.EPOCH_BUDGET, default))
+    return int(trial.user_attrs.get(keys.EPOCH_BUDGET, default))
 
 
 class SameBudgetStudy:
@@ -171,7 +171,7 @@ class FairPruner(BasePruner):
             return False
         step = trial.last_step
         budget = epoch_budget(trial, self._default_epochs)
-        warmup = trial.user_attrs.get(names.FIRST_JUDGED_EPOCH, self._warmup.epochs(budget, "none"))
+        warmup = trial.user_attrs.get(keys.FIRST_JUDGED_EPOCH, self._warmup.epochs(budget, "none"))
         # Never at its last epoch: the budget is spent, and pruning would only throw the finished result away
         # (a 1- or 2-epoch trial was otherwise judged only there, and `--epochs 1` pruned half a sweep).
         if step is None or step < warmup or step >= budget:

@@ -90,7 +90,7 @@ class SweepProgress:
 
 def warn(what: str, exc: Optional[BaseException] = None) -> None:
     """One line on stderr for a problem that does not stop the work (secrets masked)."""
-    from .redaction import redact_text
+    from ..redaction import redact_text
 
     cause = f": {type(exc).__name__}: {exc}" if exc is not None else ""
     print(redact_text(f"{worker_label()}warning: {what}{cause}"), file=sys.stderr, flush=True)

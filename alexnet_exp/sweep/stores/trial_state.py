@@ -14,8 +14,8 @@ from typing import Any, Iterable, Optional
 
 import torch
 
-from . import names
-from .progress import warn as _warn
+from .. import keys
+from ..progress import warn as _warn
 from .tracking import Tracker
 
 CHECKPOINT_ARTIFACTS = "checkpoint"  # artifact folder of a trial's run: its latest per-epoch state
@@ -190,7 +190,7 @@ class TrialStateStore:
     # ---- the best trial's weights -------------------------------------------------------------------------
 
     def save_weights(self, state_dict: dict, trial_number: int, run_id: str) -> None:
-        path = names.weights_path(self.weights_dir, trial_number)
+        path = keys.weights_path(self.weights_dir, trial_number)
         save_atomically(state_dict, path)
         self._upload(run_id, path, WEIGHTS_ARTIFACTS, "a finish step on this machine finds them; elsewhere the "
                                                       "process that trained them evaluates them on the test split")
@@ -212,7 +212,7 @@ class TrialStateStore:
 
     def fetch_weights(self, trial_number: int, run_id: Optional[str]) -> Optional[Path]:
         """The trial's weights on this machine, downloaded from its run when they are not here yet."""
-        path = names.weights_path(self.weights_dir, trial_number)
+        path = keys.weights_path(self.weights_dir, trial_number)
         if not path.is_file() and self.shared is not None and run_id:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)

@@ -19,10 +19,10 @@ from typing import Optional
 import optuna
 from optuna.trial import TrialState
 
-from . import names
+from .. import keys
+from ..upstream import retry_history
 from .budget import budget_state, is_repeat, is_verdict
 from .seed_stats import SeedStats, seed_stats
-from .upstream import retry_history
 
 SEED_KEY = "train.seed"
 
@@ -68,7 +68,7 @@ class ConfigGroup:
 
 
 def load_plan(study: optuna.Study) -> Optional[RepeatPlan]:
-    raw = study.user_attrs.get(names.REPEATS_PLAN)
+    raw = study.user_attrs.get(keys.REPEATS_PLAN)
     if raw is None:
         return None
     data = json.loads(raw)
@@ -77,15 +77,15 @@ def load_plan(study: optuna.Study) -> Optional[RepeatPlan]:
 
 
 def values_of(trial: optuna.trial.FrozenTrial) -> dict:
-    return json.loads(trial.user_attrs.get(names.VALUES, "{}"))
+    return json.loads(trial.user_attrs.get(keys.VALUES, "{}"))
 
 
 def repeat_key(trial: optuna.trial.FrozenTrial) -> Optional[tuple[int, int]]:
     """(search trial number, seed) of a repeat; None for any other trial."""
-    of = trial.user_attrs.get(names.REPEAT_OF)
+    of = trial.user_attrs.get(keys.REPEAT_OF)
     if of is None:
         return None
-    return int(of), int(json.loads(trial.user_attrs.get(names.FIXED, "{}"))[SEED_KEY])
+    return int(of), int(json.loads(trial.user_attrs.get(keys.FIXED, "{}"))[SEED_KEY])
 
 
 def _configuration(trial: optuna.trial.FrozenTrial) -> str:
@@ -126,7 +126,7 @@ def _present(trial: optuna.trial.FrozenTrial, max_retries: int) -> bool:
     fails the stale trial first and queues the retry just after, outside any lock of ours)."""
     retries_left = len(retry_history(trial)) < max_retries
     return (trial.state in (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
-            or is_verdict(trial) or (trial.user_attrs.get(names.FAIL_KIND) == names.LOST and retries_left))
+            or is_verdict(trial) or (trial.user_attrs.get(keys.FAIL_KIND) == keys.LOST and retries_left))
 
 
 def ensure_repeats(study: optuna.Study, n_trials: int, top_k: int, seeds: int, default_seed: int,
@@ -143,17 +143,17 @@ def ensure_repeats(study: optuna.Study, n_trials: int, top_k: int, seeds: int, d
         plan = RepeatPlan(max((t.number for t in trials), default=-1), {
             t.number: [int(values_of(t).get(SEED_KEY, default_seed)) + i for i in range(1, seeds + 1)] for t in top},
             n_trials, top_k, seeds)
-        study.set_user_attr(names.REPEATS_PLAN, json.dumps({
+        study.set_user_attr(keys.REPEATS_PLAN, json.dumps({
             "after_trial": plan.after_trial, "seeds": plan.seeds, "n_trials": n_trials, "top_k": top_k,
             "n_seeds": seeds}))
     present = {repeat_key(t) for t in trials if is_repeat(t) and _present(t, max_retries)}
     by_number = {t.number: t for t in trials}
     for number, seed in sorted(plan.keys() - present):
         original = by_number[number]
-        fixed = {**json.loads(original.user_attrs.get(names.FIXED, "{}")), SEED_KEY: seed}
-        attrs = {names.REPEAT_OF: number, names.FIXED: json.dumps(fixed)}
-        if names.BASELINE in original.user_attrs:
-            attrs[names.BASELINE] = original.user_attrs[names.BASELINE]
+        fixed = {**json.loads(original.user_attrs.get(keys.FIXED, "{}")), SEED_KEY: seed}
+        attrs = {keys.REPEAT_OF: number, keys.FIXED: json.dumps(fixed)}
+        if keys.BASELINE in original.user_attrs:
+            attrs[keys.BASELINE] = original.user_attrs[keys.BASELINE]
         study.enqueue_trial(original.params, user_attrs=attrs, skip_if_exists=False)
     return plan
 
@@ -183,7 +183,7 @@ def sweep_complete(study: optuna.Study, n_trials: int, repeats: Optional[tuple[i
 
 
 def config_groups(study: optuna.Study, plan: RepeatPlan) -> list[ConfigGroup]:
-    """The repeated configurations, best mean first (the report calls the ties, report/noise.py)."""
+    """The repeated configurations, best mean first (the report calls the ties, report/ties.py)."""
     trials = study.get_trials(deepcopy=False)
     by_number = {t.number: t for t in trials}
     groups = []

@@ -9,7 +9,7 @@ from typing import Optional
 
 import pandas as pd
 
-from ..seed_stats import SeedStats, binomial_halfwidth, seed_stats, within_noise
+from ..sweep.search.seed_stats import SeedStats, binomial_halfwidth, seed_stats, within_noise
 from .data import StudyData
 
 BEST = "best"

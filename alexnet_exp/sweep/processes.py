@@ -17,12 +17,12 @@ import threading
 import time
 from typing import Callable, Optional
 
-from . import names
+from . import keys
 
 REPLACEMENTS_PER_WORKER = 3  # a worker that keeps dying is a bug, not bad luck: stop replacing it
 GRACE_SECONDS = 60.0  # after SIGTERM, how long workers get to record their trials before they are killed
 # Ends that are a worker's own decision, not a death: budget met, bad input, too many errors, interrupted.
-DELIBERATE_EXITS = (names.EXIT_OK, names.EXIT_BAD_INPUT, names.EXIT_ERRORS, names.EXIT_INTERRUPTED)
+DELIBERATE_EXITS = (keys.EXIT_OK, keys.EXIT_BAD_INPUT, keys.EXIT_ERRORS, keys.EXIT_INTERRUPTED)
 
 
 def worker_env(index: int, gpus: list[str], n_workers: int) -> dict[str, str]:

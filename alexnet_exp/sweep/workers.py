@@ -13,10 +13,10 @@ from typing import Callable, Optional
 
 import optuna
 
-from .budget import budget_state, is_error
-from .interrupts import whole_write
 from .progress import worker_label
-from .retries import error_behind, is_lasting, retry_transient, storage_error_behind, storage_problem
+from .search.budget import budget_state, is_error
+from .stores.interrupts import whole_write
+from .stores.retries import error_behind, is_lasting, retry_transient, storage_error_behind, storage_problem
 
 POLL_SECONDS = 1.0
 MAX_ERROR_PAUSE_SECONDS = 30.0
@@ -104,11 +104,11 @@ def run_trials(study: optuna.Study, objective: Callable, n_trials: int, timeout:
             cause = storage_error_behind(exc)
             if cause is None:
                 raise
-            if is_lasting(cause):  # a full disk under the database: stop here (roles.run_worker says why)
+            if is_lasting(cause):  # a full disk under the database: stop here (lifecycle.run_worker says why)
                 raise cause from None
             # Optuna could not record the end of a trial: it stays RUNNING without a heartbeat, so it is failed
             # and retried from its checkpoint once the storage is back. Nothing else is lost; carry on (a storage
-            # that stays away stops this worker at the next budget check, see roles.run_worker).
+            # that stays away stops this worker at the next budget check, see lifecycle.run_worker).
             print(f"{worker_label()}storage error while recording a trial ({storage_problem(cause)}); it will be "
                   f"retried", file=sys.stderr, flush=True)
             time.sleep(POLL_SECONDS)

@@ -1,6 +1,6 @@
 """`python -m alexnet_exp.sweep SPACE.yaml`: an Optuna study over AlexNet trials, tracked in MLflow.
 
-The launcher validates everything before writing any state, then plays the three roles of `roles.py`: it sets
+The launcher validates everything before writing any state, then plays the three roles of `lifecycle.py`: it sets
 up (or resumes) the study, the MLflow experiment and the parent run; runs trials itself or supervises
 `--workers N` worker processes on the same study (one GPU each, round-robin) until the budget of finished
 trials is met; and finishes: the best trial evaluated once on the held-out test split, the parent run closed.
@@ -21,18 +21,14 @@ from typing import Optional
 import optuna
 from optuna.trial import TrialState
 
-from . import names
-from .budget import budget_state
-from .config import ConfigError, RunConfig, load_config, resolved_rates, with_epochs_everywhere
-from .data import DataError
-from .interrupts import request_stop
-from .pipeline import DataCache
-from .processes import gpu_list, python_command, supervise, watch_launcher
-from .progress import warn
-from .pruning import make_pruner
-from .redaction import redact_text, redact_url
-from .retries import retry_transient
-from .roles import (
+from ..config import ConfigError, RunConfig, load_config, resolved_rates, with_epochs_everywhere
+from ..data import DataError
+from ..redaction import redact_text, redact_url
+from ..run_parts import DataCache
+from ..space_params import branches, ordered_params
+from ..train import resolve_device
+from . import keys
+from .lifecycle import (
     SweepStudy,
     budget_left,
     close_parent,
@@ -43,12 +39,16 @@ from .roles import (
     setup_study,
     trial_counts,
 )
-from .samplers import make_sampler
-from .space import suggest
-from .space_params import branches, ordered_params
-from .study_store import StudyMismatch, default_storage, enqueue_baselines, open_storage
-from .tracking import Tracker, resolve_tracking_uri
-from .train import resolve_device
+from .processes import gpu_list, python_command, supervise, watch_launcher
+from .progress import warn
+from .search.budget import budget_state
+from .search.pruning import make_pruner
+from .search.samplers import make_sampler
+from .search.space import suggest
+from .stores.interrupts import request_stop
+from .stores.retries import retry_transient
+from .stores.study_store import StudyMismatch, default_storage, enqueue_baselines, open_storage
+from .stores.tracking import Tracker, resolve_tracking_uri
 
 # ---- the run -------------------------------------------------------------------------------------------------
 
@@ -85,8 +85,8 @@ def dry_run(config: RunConfig, sampler, n: int) -> None:
     enqueue_baselines(study, config)
     for _ in range(n):
         trial = study.ask()
-        values = suggest(trial, config.space, json.loads(trial.user_attrs.get(names.FIXED, "{}")))
-        label = trial.user_attrs.get(names.BASELINE, "sampled")
+        values = suggest(trial, config.space, json.loads(trial.user_attrs.get(keys.FIXED, "{}")))
+        label = trial.user_attrs.get(keys.BASELINE, "sampled")
         try:
             resolved = config.with_values(values)
             # what a scale resolves to: the rate that trains (and that MLflow and the report show)
@@ -167,8 +167,8 @@ def _raise_interrupt(signum, frame):
 
 
 def _exit_code(why: str) -> int:
-    return {"interrupted": names.EXIT_INTERRUPTED, "errors": names.EXIT_ERRORS, "storage": names.EXIT_ERRORS,
-            "workers failed": names.EXIT_WORKERS_FAILED}.get(why, names.EXIT_OK)
+    return {"interrupted": keys.EXIT_INTERRUPTED, "errors": keys.EXIT_ERRORS, "storage": keys.EXIT_ERRORS,
+            "workers failed": keys.EXIT_WORKERS_FAILED}.get(why, keys.EXIT_OK)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -190,7 +190,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                                             "--init-only, --join or --finalize"])
         if args.dry_run:
             dry_run(config, sampler, args.dry_run_trials)
-            return names.EXIT_OK
+            return keys.EXIT_OK
         joining = args.worker or args.join
         if args.join and (args.workers or args.trials_per_gpu):
             raise ConfigError("--join", ["--join runs one worker in this process: start as many as you want workers "
@@ -222,9 +222,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             sweep, report = setup_study(config, storage_url, storage, sampler, pruner, tracker, environment)
     except (ConfigError, StudyMismatch, DataError, RuntimeError) as exc:
         print(f"error: {redact_text(str(exc))}", file=sys.stderr)
-        return names.EXIT_BAD_INPUT
+        return keys.EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        return names.EXIT_INTERRUPTED
+        return keys.EXIT_INTERRUPTED
 
     if args.worker:
         return _work(sweep, cache, run_tags)
@@ -234,7 +234,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return _finalize(sweep, cache)
     if args.init_only:
         _print_setup(sweep, report, device, n_workers=0)
-        return names.EXIT_OK
+        return keys.EXIT_OK
     return _launch(sweep, report, cache, run_tags, argv, n_workers, gpus, device, args.quiet)
 
 
@@ -262,7 +262,7 @@ def _join(sweep: SweepStudy, cache: DataCache, run_tags: dict, quiet: bool) -> i
               f"trials finished); " + ("the study is finished (see its report)" if closed else
                                       "the finish step (--finalize) evaluates the best trial on the test split"),
               flush=True)
-        return names.EXIT_OK
+        return keys.EXIT_OK
     count = prepare_to_join(sweep)
     if count:
         print(f"{count} {REQUEUED}", flush=True)
@@ -290,9 +290,9 @@ def _launch(sweep: SweepStudy, report, cache: DataCache, run_tags: dict, argv: l
                 why = "interrupted"
                 print("interrupted: workers stopped, their running trials marked failed; run the same command "
                       "to resume", file=sys.stderr)
-            elif names.EXIT_ERRORS in codes:
+            elif keys.EXIT_ERRORS in codes:
                 why = "errors"
-            elif any(code != names.EXIT_OK for code in codes):
+            elif any(code != keys.EXIT_OK for code in codes):
                 why = "workers failed"
                 print(f"workers ended with exit codes {codes} (see their lines above); the budget is "
                       f"{'not met' if budget_left(sweep) else 'met'}: run the same command "
@@ -315,8 +315,8 @@ def _launch(sweep: SweepStudy, report, cache: DataCache, run_tags: dict, argv: l
     _print_end(sweep, summary, f" in {time.monotonic() - started:.0f} s",
                why not in ("interrupted", "storage") and not repeats_pending)
     if why == "errors":
-        print(f"stopped because trials kept raising errors (exit code {names.EXIT_ERRORS}): see their MLflow "
-              f"runs' {names.ERROR_ARTIFACT}, fix the cause, and run the same command to go on", file=sys.stderr)
+        print(f"stopped because trials kept raising errors (exit code {keys.EXIT_ERRORS}): see their MLflow "
+              f"runs' {keys.ERROR_ARTIFACT}, fix the cause, and run the same command to go on", file=sys.stderr)
     print(f"MLflow runs: {tracker.ui_link()}")
     return _exit_code(why)
 
@@ -374,16 +374,16 @@ def _finalize(sweep: SweepStudy, cache: DataCache) -> int:
               f"{running} running): "
               f"the test split stays untouched; parent run {'closed as KILLED' if closed else 'left RUNNING'}. "
               f"Start workers again (--join) to go on, then --finalize.", file=sys.stderr)
-        return names.EXIT_INCOMPLETE
+        return keys.EXIT_INCOMPLETE
     summary = finish_study(sweep, cache)
     _print_end(sweep, summary, "", True)
     if summary and "test_accuracy" not in summary:
         print("the best trial's weights were found neither here nor in its MLflow run: the test split was not "
               "evaluated (set study.state_store: mlflow, or run --finalize where the best trial trained)",
               file=sys.stderr)
-        return names.EXIT_INCOMPLETE
+        return keys.EXIT_INCOMPLETE
     print(f"MLflow runs: {sweep.tracker.ui_link()}")
-    return names.EXIT_OK
+    return keys.EXIT_OK
 
 
 if __name__ == "__main__":

@@ -21,11 +21,11 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 
-from . import names
+from ...locks import file_lock, sqlite_path
+from ...redaction import redact_text, redact_url
+from .. import keys
+from ..progress import warn
 from .interrupts import whole_write
-from .locks import file_lock, sqlite_path
-from .progress import warn
-from .redaction import redact_text, redact_url
 
 MAX_BATCH = 900  # MLflow accepts at most 1000 metrics in one log_batch call
 # System metrics: sampled every 2 s and logged as the mean of 5 samples, one point per 10 s; a trial's last,
@@ -244,7 +244,7 @@ class Tracker:
 
     def start_parent(self, study_name: str, tags: dict[str, Any]) -> str:
         run = self.client.create_run(self.experiment_id, run_name=study_name,
-                                     tags={names.ROLE_TAG: names.ROLE_STUDY, **{k: _text(v) for k, v in tags.items()}})
+                                     tags={keys.ROLE_TAG: keys.ROLE_STUDY, **{k: _text(v) for k, v in tags.items()}})
         return run.info.run_id
 
     def run_status(self, run_id: str) -> Optional[str]:
@@ -258,7 +258,7 @@ class Tracker:
 
     def start_trial(self, parent_id: str, run_name: str, params: dict[str, Any], tags: dict[str, Any]) -> str:
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags={
-            "mlflow.parentRunId": parent_id, names.ROLE_TAG: names.ROLE_TRIAL,
+            "mlflow.parentRunId": parent_id, keys.ROLE_TAG: keys.ROLE_TRIAL,
             **{k: _text(v) for k, v in tags.items()}})
         run_id = run.info.run_id
         self.log_params(run_id, params)
@@ -454,9 +454,9 @@ class Tracker:
         """Mark as FAILED the RUNNING child runs whose trial is not running any more (a killed process)."""
         closed = []
         for run in self.child_runs(parent_id):
-            trial = run.data.tags.get(names.TRIAL_TAG)
+            trial = run.data.tags.get(keys.TRIAL_TAG)
             if run.info.status == "RUNNING" and (trial is None or int(trial) not in live_trials):
                 why = "stale: its process ended without closing it"
-                self.finish(run.info.run_id, "FAILED", {names.STATE_TAG: "FAIL", names.FAIL_REASON: why})
+                self.finish(run.info.run_id, "FAILED", {keys.STATE_TAG: "FAIL", keys.FAIL_REASON: why})
                 closed.append(run.info.run_id)
         return closed

@@ -1,7 +1,7 @@
 """The study's state in its Optuna storage: opening it, refusing a mismatched resume, baselines, retries.
 
 `open_study`, `enqueue_baselines` and `requeue_unfinished` read and then write: call them under the study's
-lock (`locks.study_lock`), as `roles.setup_study` does, so that launchers started together do each once.
+lock (`locks.study_lock`), as `lifecycle.setup_study` does, so that launchers started together do each once.
 """
 from __future__ import annotations
 
@@ -18,14 +18,14 @@ from typing import Optional
 import optuna
 from optuna.trial import TrialState
 
-from . import names
-from .budget import is_verdict
-from .config import ConfigError, ReportedFigures, RunConfig, config_from_dict, dump_config, parse_yaml
+from ...config import ConfigError, ReportedFigures, RunConfig, config_from_dict, dump_config, parse_yaml
+from ...redaction import redact_url
+from .. import keys
+from ..search.budget import is_verdict
+from ..search.space import baseline_name, baseline_trial, space_signature
+from ..upstream import retry_history
 from .interrupts import whole_write
-from .redaction import redact_url
 from .retries import transient_storage_errors
-from .space import baseline_name, baseline_trial, space_signature
-from .upstream import retry_history
 
 # Heartbeats and the stale-trial retry are marked experimental; they are what makes killed workers recoverable.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -39,8 +39,8 @@ class StudyMismatch(RuntimeError):
     pass
 
 
-def default_storage(study_name: str, sweeps_dir: Path = names.SWEEPS_DIR) -> str:
-    path = names.default_storage_path(study_name, sweeps_dir)
+def default_storage(study_name: str, sweeps_dir: Path = keys.SWEEPS_DIR) -> str:
+    path = keys.default_storage_path(study_name, sweeps_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
 
@@ -104,8 +104,8 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
         stale = super()._get_stale_trial_ids(study_id)
         for trial_id in stale:
             try:
-                self.set_trial_user_attr(trial_id, names.FAIL_KIND, names.LOST)
-                self.set_trial_user_attr(trial_id, names.FAIL_REASON,
+                self.set_trial_user_attr(trial_id, keys.FAIL_KIND, keys.LOST)
+                self.set_trial_user_attr(trial_id, keys.FAIL_REASON,
                                          f"its worker stopped sending heartbeats for over {self.grace_period} s "
                                          f"(killed, or its machine lost); retried with the same parameters")
             except optuna.exceptions.UpdateFinishedTrialError:
@@ -119,7 +119,7 @@ class _RetryStaleTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         carried = copy.copy(trial)
-        carried.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in names.OUTCOME_ATTRS}
+        carried.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in keys.OUTCOME_ATTRS}
         super().__call__(study, carried)
 
 
@@ -190,26 +190,26 @@ def open_study(config: RunConfig, storage, sampler, pruner) -> optuna.Study:
     study = optuna.create_study(study_name=s.name, storage=storage, sampler=sampler, pruner=pruner,
                                 direction=s.direction, load_if_exists=True)
     attrs = study.user_attrs
-    if names.METRIC not in attrs:  # new study: record what it is (under the study lock: once)
-        study.set_user_attr(names.SPACE, space_signature(config.space))
-        study.set_user_attr(names.FIXED_VALUES, json.dumps(fixed_signature(config), sort_keys=True))
-        study.set_user_attr(names.CONFIG, dump_config(config))
+    if keys.METRIC not in attrs:  # new study: record what it is (under the study lock: once)
+        study.set_user_attr(keys.SPACE, space_signature(config.space))
+        study.set_user_attr(keys.FIXED_VALUES, json.dumps(fixed_signature(config), sort_keys=True))
+        study.set_user_attr(keys.CONFIG, dump_config(config))
         with warnings.catch_warnings():  # experimental in Optuna 5; optuna-dashboard shows "Objective 0" without it
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names([s.metric])
-        study.set_user_attr(names.METRIC, s.metric)  # last: its presence says the others are there
+        study.set_user_attr(keys.METRIC, s.metric)  # last: its presence says the others are there
         return study
     problems = []
     if study.direction.name.lower() != s.direction:
         problems.append(f"direction: stored {study.direction.name.lower()}, YAML {s.direction}")
-    if attrs[names.METRIC] != s.metric:
-        problems.append(f"metric: stored {attrs[names.METRIC]}, YAML {s.metric}")
-    if attrs.get(names.SPACE) != space_signature(config.space):
-        stored = json.loads(attrs.get(names.SPACE, "{}"))
+    if attrs[keys.METRIC] != s.metric:
+        problems.append(f"metric: stored {attrs[keys.METRIC]}, YAML {s.metric}")
+    if attrs.get(keys.SPACE) != space_signature(config.space):
+        stored = json.loads(attrs.get(keys.SPACE, "{}"))
         now = json.loads(space_signature(config.space))
         changed = sorted(k for k in set(stored) | set(now) if stored.get(k) != now.get(k))
         problems.append(f"space: differs in {', '.join(changed)}")
-    stored_fixed = json.loads(attrs.get(names.FIXED_VALUES, "{}"))
+    stored_fixed = json.loads(attrs.get(keys.FIXED_VALUES, "{}"))
     now_fixed = fixed_signature(config)
     defaults = fixed_signature(RunConfig())
     # A key the stored study has no value for came with a later version of this tool: at its default it trains
@@ -231,13 +231,13 @@ def open_study(config: RunConfig, storage, sampler, pruner) -> optuna.Study:
 def record_search_changes(study: optuna.Study, config: RunConfig) -> list[str]:
     """The sampler and pruner may change when a study resumes (random search first, then TPE; another pruner):
     trials of both are still trials of one objective and space. Each change is recorded on the study
-    (names.SEARCH_HISTORY, from which trial on) and returned as lines to print; the first run records the
+    (keys.SEARCH_HISTORY, from which trial on) and returned as lines to print; the first run records the
     initial setup. Call under the study lock."""
     s = config.study
-    history = json.loads(study.user_attrs.get(names.SEARCH_HISTORY, "[]"))
+    history = json.loads(study.user_attrs.get(keys.SEARCH_HISTORY, "[]"))
     if not history:  # a new study, or one made before the history was kept: its stored config says how
         try:
-            first = config_from_dict(parse_yaml(study.user_attrs[names.CONFIG])).study
+            first = config_from_dict(parse_yaml(study.user_attrs[keys.CONFIG])).study
         except (KeyError, ConfigError):
             first = s
         history = [{"from_trial": 0, "sampler": first.sampler, "pruner": first.pruner}]
@@ -248,8 +248,8 @@ def record_search_changes(study: optuna.Study, config: RunConfig) -> list[str]:
     if changed:
         history.append({"from_trial": len(study.get_trials(deepcopy=False)), "sampler": s.sampler,
                         "pruner": s.pruner})
-    if changed or names.SEARCH_HISTORY not in study.user_attrs:
-        study.set_user_attr(names.SEARCH_HISTORY, json.dumps(history))
+    if changed or keys.SEARCH_HISTORY not in study.user_attrs:
+        study.set_user_attr(keys.SEARCH_HISTORY, json.dumps(history))
     return [f"study {s.name}: {c}, from trial {history[-1]['from_trial']} on (the earlier trials keep theirs)"
             for c in changed]
 
@@ -257,7 +257,7 @@ def record_search_changes(study: optuna.Study, config: RunConfig) -> list[str]:
 def enqueue_baselines(study: optuna.Study, config: RunConfig) -> int:
     """Queue each baseline once, and again (with MAX_RETRIES more tries) one whose every try failed without a
     verdict in an earlier run of the sweep: a fault that has passed since must not leave it without a result."""
-    done = set(json.loads(study.user_attrs.get(names.BASELINES_ENQUEUED, "[]")))
+    done = set(json.loads(study.user_attrs.get(keys.BASELINES_ENQUEUED, "[]")))
     trials = study.get_trials(deepcopy=False)
     exhausted = _baselines_out_of_tries(trials)
     added = 0
@@ -266,13 +266,13 @@ def enqueue_baselines(study: optuna.Study, config: RunConfig) -> int:
         if name in done and name not in exhausted:
             continue
         params, fixed = baseline_trial(baseline, config)
-        attrs = {names.BASELINE: name, names.FIXED: json.dumps(fixed)}
+        attrs = {keys.BASELINE: name, keys.FIXED: json.dumps(fixed)}
         if "reported" in baseline:  # what its source document reported, shown beside the replay in the report
-            attrs[names.REPORTED] = json.dumps(ReportedFigures.model_validate(baseline["reported"]).model_dump())
+            attrs[keys.REPORTED] = json.dumps(ReportedFigures.model_validate(baseline["reported"]).model_dump())
         study.enqueue_trial(params, user_attrs=attrs)
         done.add(name)
         added += 1
-    study.set_user_attr(names.BASELINES_ENQUEUED, json.dumps(sorted(done)))
+    study.set_user_attr(keys.BASELINES_ENQUEUED, json.dumps(sorted(done)))
     return added
 
 
@@ -285,7 +285,7 @@ def requeue_unfinished(study: optuna.Study) -> int:
     for t in unfinished(trials):
         # No cap for an interruption: each is someone's decision (Ctrl-C, scancel, a preemption), not a trial
         # that kills its worker, which MAX_RETRIES is for.
-        retry_callback(max_retry=None if t.user_attrs.get(names.FAIL_KIND) == names.INTERRUPTED else MAX_RETRIES)(
+        retry_callback(max_retry=None if t.user_attrs.get(keys.FAIL_KIND) == keys.INTERRUPTED else MAX_RETRIES)(
             study, t)
     return len(study.get_trials(deepcopy=False)) - len(trials)
 
@@ -295,22 +295,22 @@ def unfinished(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.Froz
     with tries left; none already retried."""
     retried = {n for t in trials for n in retry_history(t)}
     return [t for t in trials if t.state == TrialState.FAIL and t.number not in retried and (
-        t.user_attrs.get(names.FAIL_KIND) == names.INTERRUPTED or (
-            t.user_attrs.get(names.FAIL_KIND) == names.ERROR and is_asked_for(t)
+        t.user_attrs.get(keys.FAIL_KIND) == keys.INTERRUPTED or (
+            t.user_attrs.get(keys.FAIL_KIND) == keys.ERROR and is_asked_for(t)
             and len(retry_history(t)) < MAX_RETRIES))]
 
 
 def _baselines_out_of_tries(trials: list[optuna.trial.FrozenTrial]) -> set[str]:
     """Baselines with trials, none of them a verdict, none queued or running, none left to retry."""
-    retrying = {t.user_attrs.get(names.BASELINE) for t in unfinished(trials)}
+    retrying = {t.user_attrs.get(keys.BASELINE) for t in unfinished(trials)}
     by_name: dict[str, list] = {}
     for t in trials:
         if is_asked_for(t):
-            by_name.setdefault(t.user_attrs[names.BASELINE], []).append(t)
+            by_name.setdefault(t.user_attrs[keys.BASELINE], []).append(t)
     return {name for name, tries in by_name.items() if name not in retrying and not any(
         is_verdict(t) or t.state in (TrialState.RUNNING, TrialState.WAITING) for t in tries)}
 
 
 def is_asked_for(trial: optuna.trial.FrozenTrial) -> bool:
     """A baseline of the search (repeats are planned and retried by repeats.ensure_repeats)."""
-    return names.BASELINE in trial.user_attrs and names.REPEAT_OF not in trial.user_attrs
+    return keys.BASELINE in trial.user_attrs and keys.REPEAT_OF not in trial.user_attrs

@@ -6,8 +6,16 @@ from typing import Any, Optional
 
 import optuna
 
-from .config import RunConfig, as_scales
-from .space_params import CategoricalParam, IntParam, SpaceEntry, SpaceParam, active_branch, optuna_name, ordered_params
+from ...config import RunConfig, as_scales
+from ...space_params import (
+    CategoricalParam,
+    IntParam,
+    SpaceEntry,
+    SpaceParam,
+    active_branch,
+    optuna_name,
+    ordered_params,
+)
 
 
 def suggest(trial: optuna.Trial, space: dict[str, SpaceEntry],

@@ -19,23 +19,23 @@ from typing import Any, Optional
 import optuna
 import torch
 
-from . import names
-from .budget import is_repeat, surplus
-from .config import ConfigError, RepeatsConfig, RunConfig, dump_config, inactive_paths, resolved_rates
-from .data import ImageData
-from .figures_common import confusion_png
-from .pipeline import DataCache, RunParts, evaluate_split, train_run
+from ..config import ConfigError, RepeatsConfig, RunConfig, dump_config, inactive_paths, resolved_rates
+from ..data import ImageData
+from ..figures_common import confusion_png
+from ..redaction import redact_text
+from ..run_parts import DataCache, RunParts, evaluate_split, train_run
+from ..train import EpochMetrics, FitResult
+from . import keys
 from .progress import SweepProgress
 from .progress import warn as _warn
-from .pruning import record_budget
-from .redaction import redact_text
-from .repeats import best_search_trial, load_plan
-from .retries import retry_transient, storage_problem, transient_storage_errors
-from .space import suggest
-from .study_store import trained_values
-from .tracking import Tracker
-from .train import EpochMetrics, FitResult
-from .trial_state import TrialStateStore
+from .search.budget import is_repeat, surplus
+from .search.pruning import record_budget
+from .search.repeats import best_search_trial, load_plan
+from .search.space import suggest
+from .stores.retries import retry_transient, storage_problem, transient_storage_errors
+from .stores.study_store import trained_values
+from .stores.tracking import Tracker
+from .stores.trial_state import TrialStateStore
 from .upstream import frozen_trial, retried_trial_number, retry_history
 
 
@@ -124,7 +124,7 @@ def _retry_chain(trial: optuna.Trial) -> RetryChain:
     trials = trial.study.get_trials(deepcopy=False)  # one read for all of it
     frozen = next(t for t in trials if t.number == trial.number)
     history = retry_history(frozen)
-    run_of = {t.number: t.user_attrs.get(names.MLFLOW_RUN_ID) for t in trials}
+    run_of = {t.number: t.user_attrs.get(keys.MLFLOW_RUN_ID) for t in trials}
     previous = history[-1] if history else None
     first = retried_trial_number(frozen)
     return RetryChain(trial.number if first is None else first, previous, run_of.get(previous),
@@ -150,11 +150,11 @@ def _record_failure(trial: optuna.Trial, kind: str, reason: str) -> tuple[str, s
     """Write why the trial failed into Optuna; returns what was recorded. A trial that another worker has
     failed already as `lost` (this one's heartbeat stalled past the grace period) keeps that end."""
     try:
-        trial.set_user_attr(names.FAIL_KIND, kind)
-        trial.set_user_attr(names.FAIL_REASON, reason)
+        trial.set_user_attr(keys.FAIL_KIND, kind)
+        trial.set_user_attr(keys.FAIL_REASON, reason)
         return kind, reason
     except optuna.exceptions.UpdateFinishedTrialError:
-        return names.LOST, "failed by another worker for a stale heartbeat while it still ran"
+        return keys.LOST, "failed by another worker for a stale heartbeat while it still ran"
     except transient_storage_errors() as exc:  # a full disk under the database: MLflow can still say why
         _warn(f"could not record trial {trial.number}'s end in the study's storage ({storage_problem(exc)}): it "
               f"stays running there, and is retried once the storage is back")
@@ -168,18 +168,18 @@ def _fail(trial: optuna.Trial, ctx: TrialContext, run_id: Optional[str], kind: s
     kind, reason = _record_failure(trial, kind, redact_text(reason))
     if error_text is not None and run_id is not None:
         try:
-            ctx.tracker.log_text(run_id, redact_text(error_text), names.ERROR_ARTIFACT)
+            ctx.tracker.log_text(run_id, redact_text(error_text), keys.ERROR_ARTIFACT)
         except Exception as exc:
-            _warn(f"could not write {names.ERROR_ARTIFACT} to MLflow run {run_id}", exc)
-    _finish_run(ctx, run_id, "FAILED", {names.STATE_TAG: "FAIL", names.FAIL_KIND: kind, names.FAIL_REASON: reason})
+            _warn(f"could not write {keys.ERROR_ARTIFACT} to MLflow run {run_id}", exc)
+    _finish_run(ctx, run_id, "FAILED", {keys.STATE_TAG: "FAIL", keys.FAIL_KIND: kind, keys.FAIL_REASON: reason})
     raise TrialFailed(kind, reason)
 
 
 def _record_interrupted(trial: optuna.Trial, ctx: TrialContext, run_id: Optional[str]) -> None:
     """Ctrl-C or SIGTERM, wherever it lands in the trial: Optuna fails the trial, MLflow must too, and the
     checkpoint stays: the next run of the sweep resumes from it."""
-    kind, reason = _record_failure(trial, names.INTERRUPTED, "interrupted (Ctrl-C, SIGTERM, or its launcher ended)")
-    _finish_run(ctx, run_id, "FAILED", {names.STATE_TAG: "FAIL", names.FAIL_KIND: kind, names.FAIL_REASON: reason})
+    kind, reason = _record_failure(trial, keys.INTERRUPTED, "interrupted (Ctrl-C, SIGTERM, or its launcher ended)")
+    _finish_run(ctx, run_id, "FAILED", {keys.STATE_TAG: "FAIL", keys.FAIL_KIND: kind, keys.FAIL_REASON: reason})
 
 
 def _is_surplus(trial: optuna.Trial, n_trials: int, repeats: Optional[RepeatsConfig]) -> bool:
@@ -213,16 +213,16 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext, n_trials: int) -> float:
     try:
         return _run_trial(trial, ctx, n_trials)
     except KeyboardInterrupt:
-        _record_interrupted(trial, ctx, trial.user_attrs.get(names.MLFLOW_RUN_ID))
+        _record_interrupted(trial, ctx, trial.user_attrs.get(keys.MLFLOW_RUN_ID))
         raise
 
 
 def _run_trial(trial: optuna.Trial, ctx: TrialContext, n_trials: int) -> float:
     if _is_surplus(trial, n_trials, ctx.base.study.repeats):
-        raise TrialFailed(*_record_failure(trial, names.SURPLUS, "the budget was taken by other workers' trials"))
-    fixed = json.loads(trial.user_attrs.get(names.FIXED, "{}"))  # a baseline's exact values
+        raise TrialFailed(*_record_failure(trial, keys.SURPLUS, "the budget was taken by other workers' trials"))
+    fixed = json.loads(trial.user_attrs.get(keys.FIXED, "{}"))  # a baseline's exact values
     values = suggest(trial, ctx.base.space, fixed)
-    trial.set_user_attr(names.VALUES, json.dumps(values))
+    trial.set_user_attr(keys.VALUES, json.dumps(values))
     try:
         config, invalid = ctx.base.with_values(values), None
     except ConfigError as exc:
@@ -230,18 +230,18 @@ def _run_trial(trial: optuna.Trial, ctx: TrialContext, n_trials: int) -> float:
     ctx.progress.trial_started(trial.number, {**values, **(resolved_rates(config) if config else {})})
     chain = _retry_chain(trial)
     previous = chain.previous
-    tags = {**ctx.run_tags, names.TRIAL_TAG: trial.number, names.STATE_TAG: "RUNNING",
-            names.BASELINE: trial.user_attrs.get(names.BASELINE, "")}
+    tags = {**ctx.run_tags, keys.TRIAL_TAG: trial.number, keys.STATE_TAG: "RUNNING",
+            keys.BASELINE: trial.user_attrs.get(keys.BASELINE, "")}
     if previous is not None:
         previous_run = chain.previous_run
         tags.update(retry_of_trial=previous, retry_of_run=previous_run or "")
         if previous_run and ctx.tracker.run_status(previous_run) == "RUNNING":
-            _finish_run(ctx, previous_run, "FAILED", {names.STATE_TAG: "FAIL", names.FAIL_REASON: "its worker "
+            _finish_run(ctx, previous_run, "FAILED", {keys.STATE_TAG: "FAIL", keys.FAIL_REASON: "its worker "
                                                       f"ended mid-trial; retried as trial {trial.number}"})
     if invalid is not None:
         run_id = ctx.tracker.start_trial(ctx.parent_run_id, f"trial-{trial.number}", values, tags)
-        return _fail(trial, ctx, run_id, names.INVALID, "; ".join(invalid.errors))
-    if names.REPORTED in trial.user_attrs:  # a replay trains every epoch its document trained, a dead run too
+        return _fail(trial, ctx, run_id, keys.INVALID, "; ".join(invalid.errors))
+    if keys.REPORTED in trial.user_attrs:  # a replay trains every epoch its document trained, a dead run too
         config = config.with_values({"train.stall_epochs": config.train.epochs + 1})
     inactive = inactive_paths(config)  # not logged as if they were used: listed in a tag and config.yaml
     tags.update(dataset=config.data.dataset, model=config.model.arch, evaluation=config.augment.evaluation,
@@ -250,17 +250,17 @@ def _run_trial(trial: optuna.Trial, ctx: TrialContext, n_trials: int) -> float:
     try:
         params = {k: v for k, v in config.flat().items() if k not in inactive}
         run_id = ctx.tracker.start_trial(ctx.parent_run_id, f"trial-{trial.number}", params, tags)
-        trial.set_user_attr(names.MLFLOW_RUN_ID, run_id)
-        trial.set_user_attr(names.WORKER_PID, os.getpid())
-        trial.set_user_attr(names.WORKER_HOST, socket.gethostname())
-        ctx.tracker.log_text(run_id, dump_config(config, sampled=values, inactive=inactive), names.CONFIG_ARTIFACT)
+        trial.set_user_attr(keys.MLFLOW_RUN_ID, run_id)
+        trial.set_user_attr(keys.WORKER_PID, os.getpid())
+        trial.set_user_attr(keys.WORKER_HOST, socket.gethostname())
+        ctx.tracker.log_text(run_id, dump_config(config, sampled=values, inactive=inactive), keys.CONFIG_ARTIFACT)
         checkpoint = ctx.state.checkpoint_path(chain.root)
         earlier_runs = chain.earlier_runs if previous is not None else None
         return _train_and_record(trial, ctx, config, run_id, checkpoint, earlier_runs)
     except (KeyboardInterrupt, optuna.TrialPruned, TrialFailed, TrialTakenOver):
         raise  # recorded already, or by run_trial
     except Exception as exc:  # anything else, the trial's own clean-up included: an error of this trial only
-        return _fail(trial, ctx, run_id, names.ERROR, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+        return _fail(trial, ctx, run_id, keys.ERROR, f"{type(exc).__name__}: {exc}", traceback.format_exc())
 
 
 def _train_and_record(trial: optuna.Trial, ctx: TrialContext, config: RunConfig, run_id: str,
@@ -281,22 +281,22 @@ def _train_and_record(trial: optuna.Trial, ctx: TrialContext, config: RunConfig,
     except optuna.exceptions.UpdateFinishedTrialError:
         # Failed by another worker while this one was paused: the retry resumes from this chain's checkpoint and
         # has its own run, so neither is touched. Only this run is closed, saying why.
-        _finish_run(ctx, run_id, "FAILED", {names.STATE_TAG: "FAIL", names.FAIL_KIND: names.LOST,
-                                            names.FAIL_REASON: TrialTakenOver.TAKEN_OVER})
+        _finish_run(ctx, run_id, "FAILED", {keys.STATE_TAG: "FAIL", keys.FAIL_KIND: keys.LOST,
+                                            keys.FAIL_REASON: TrialTakenOver.TAKEN_OVER})
         raise TrialTakenOver(f"trial {trial.number}: {TrialTakenOver.TAKEN_OVER}") from None
     except optuna.TrialPruned:
         ctx.state.discard_checkpoint(checkpoint, chain_runs)
-        epoch = trial.user_attrs.get(names.EPOCHS_RUN, 0)
-        trial.set_user_attr(names.PRUNED_AT_EPOCH, epoch)
-        _finish_run(ctx, run_id, "KILLED", {names.STATE_TAG: "PRUNED", names.PRUNED_AT_EPOCH: epoch})
+        epoch = trial.user_attrs.get(keys.EPOCHS_RUN, 0)
+        trial.set_user_attr(keys.PRUNED_AT_EPOCH, epoch)
+        _finish_run(ctx, run_id, "KILLED", {keys.STATE_TAG: "PRUNED", keys.PRUNED_AT_EPOCH: epoch})
         raise
     except Exception as exc:  # any other error ends this trial only; its traceback goes to its run
         parts = None  # let the memory go before the next trial
         _release_memory()
         ctx.state.discard_checkpoint(checkpoint, chain_runs)
         if isinstance(exc, torch.cuda.OutOfMemoryError) or "can't allocate memory" in str(exc):
-            return _fail(trial, ctx, run_id, names.OUT_OF_MEMORY, str(exc).splitlines()[0])
-        return _fail(trial, ctx, run_id, names.ERROR, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+            return _fail(trial, ctx, run_id, keys.OUT_OF_MEMORY, str(exc).splitlines()[0])
+        return _fail(trial, ctx, run_id, keys.ERROR, f"{type(exc).__name__}: {exc}", traceback.format_exc())
     ctx.state.discard_checkpoint(checkpoint, chain_runs)
     if result.status != "completed":
         for m in result.history:  # the epochs fit ended on (a diverged loss) never reached on_epoch
@@ -314,10 +314,10 @@ def _resume_point(trial: optuna.Trial, ctx: TrialContext, run_id: str, checkpoin
         return None
     resume, moved_aside = ctx.state.load_checkpoint(checkpoint, earlier_runs, fingerprint)
     if moved_aside:  # recorded where the trial's story is read: its attributes (the report) and its run
-        trial.set_user_attr(names.CHECKPOINT_DISCARDED, "; ".join(moved_aside)[:2000])
-        ctx.tracker.set_tags(run_id, {names.CHECKPOINT_DISCARDED: "; ".join(moved_aside)})
+        trial.set_user_attr(keys.CHECKPOINT_DISCARDED, "; ".join(moved_aside)[:2000])
+        ctx.tracker.set_tags(run_id, {keys.CHECKPOINT_DISCARDED: "; ".join(moved_aside)})
     if resume is not None:
-        trial.set_user_attr(names.RESUMED_FROM_EPOCH, resume["epoch"])
+        trial.set_user_attr(keys.RESUMED_FROM_EPOCH, resume["epoch"])
         ctx.progress.trial_resumed(trial.number, resume["epoch"], "from the checkpoint its earlier try left")
         for m in resume["history"]:
             _log_epoch(ctx, run_id, EpochMetrics(**m))
@@ -338,7 +338,7 @@ class EpochReporter:
         self.logged_epochs = m.epoch
 
         def report() -> bool:
-            trial.set_user_attr(names.EPOCHS_RUN, m.epoch)
+            trial.set_user_attr(keys.EPOCHS_RUN, m.epoch)
             trial.report(value, m.epoch)
             return trial.should_prune()  # never for repeats and replays (pruning.FairPruner)
 
@@ -371,5 +371,5 @@ def _record_completed(trial: optuna.Trial, ctx: TrialContext, config: RunConfig,
     if _keeps_weights(trial.study, trial, value, repeats.top_k if repeats else 1):
         ctx.state.save_weights({k: v.detach().cpu() for k, v in parts.model.state_dict().items()}, trial.number,
                                run_id)
-    _finish_run(ctx, run_id, "FINISHED", {names.STATE_TAG: "COMPLETE"})
+    _finish_run(ctx, run_id, "FINISHED", {keys.STATE_TAG: "COMPLETE"})
     return value

@@ -7,7 +7,7 @@ from typing import Callable, Optional
 
 import optuna
 
-from .progress import worker_label
+from ..progress import worker_label
 
 
 def transient_storage_errors() -> tuple[type[BaseException], ...]:

@@ -19,17 +19,16 @@ from typing import Any, Optional
 import optuna
 from optuna.trial import TrialState
 
-from . import names
-from .budget import budget_state, is_repeat, is_verdict
-from .config import RunConfig, dump_config
-from .interrupts import whole_write
-from .locks import study_lock
+from ..config import RunConfig, dump_config
+from ..locks import study_lock
+from ..redaction import redact_url
+from ..run_parts import DataCache, RunParts, evaluate_weights
+from . import keys
 from .objective import TrialContext, run_trial
 from .objective import best_value as _best_value
-from .pipeline import DataCache, RunParts, evaluate_weights
 from .progress import SweepProgress, warn, worker_label
-from .redaction import redact_url
-from .repeats import (
+from .search.budget import budget_state, is_repeat, is_verdict
+from .search.repeats import (
     ConfigGroup,
     RepeatPlan,
     chosen_configuration,
@@ -38,9 +37,10 @@ from .repeats import (
     search_settled,
     sweep_complete,
 )
-from .retries import retry_transient, storage_error_behind, storage_problem
-from .seed_stats import seed_stats
-from .study_store import (
+from .search.seed_stats import seed_stats
+from .stores.interrupts import whole_write
+from .stores.retries import retry_transient, storage_error_behind, storage_problem
+from .stores.study_store import (
     MAX_RETRIES,
     enqueue_baselines,
     open_study,
@@ -48,8 +48,8 @@ from .study_store import (
     requeue_unfinished,
     unfinished,
 )
-from .tracking import Tracker
-from .trial_state import TrialStateStore
+from .stores.tracking import Tracker
+from .stores.trial_state import TrialStateStore
 from .workers import POLL_SECONDS, run_trials
 
 
@@ -82,7 +82,7 @@ def setup_study(config: RunConfig, storage_url: str, storage, sampler, pruner, t
     with study_lock(storage_url, config.study.name):
         study = open_study(config, storage, sampler, pruner)
         parent_id = _ensure_parent_run(study, tracker, config, storage_url)
-        study.set_user_attr(names.ENVIRONMENT, environment)  # the latest invocation; the report shows it
+        study.set_user_attr(keys.ENVIRONMENT, environment)  # the latest invocation; the report shows it
         tracker.set_tags(parent_id, environment)
         search_changes = record_search_changes(study, config)
         if search_changes:  # the parent run's tags say how the study searches now
@@ -97,7 +97,7 @@ def setup_study(config: RunConfig, storage_url: str, storage, sampler, pruner, t
 
 
 def _ensure_parent_run(study: optuna.Study, tracker: Tracker, config: RunConfig, storage_url: str) -> str:
-    parent_id = study.user_attrs.get(names.PARENT_RUN_ID)
+    parent_id = study.user_attrs.get(keys.PARENT_RUN_ID)
     if tracker.run_exists(parent_id):
         tracker.reopen(parent_id)
     else:
@@ -106,10 +106,10 @@ def _ensure_parent_run(study: optuna.Study, tracker: Tracker, config: RunConfig,
                                                   "metric": s.metric, "direction": s.direction,
                                                   "storage": redact_url(storage_url),
                                                   "dataset": config.data.dataset, "model": config.model.arch})
-        study.set_user_attr(names.PARENT_RUN_ID, parent_id)
-        tracker.log_text(parent_id, dump_config(config), names.CONFIG_ARTIFACT)
+        study.set_user_attr(keys.PARENT_RUN_ID, parent_id)
+        tracker.log_text(parent_id, dump_config(config), keys.CONFIG_ARTIFACT)
     # optuna-dashboard shows user attributes: a link from the study to its runs in MLflow
-    study.set_user_attr(names.MLFLOW_LINK, tracker.run_link(parent_id))
+    study.set_user_attr(keys.MLFLOW_LINK, tracker.run_link(parent_id))
     return parent_id
 
 
@@ -126,7 +126,7 @@ def join_study(config: RunConfig, storage_url: str, storage, sampler, pruner, tr
         except KeyError:  # not created yet
             pass
         # METRIC is written last of the study's description, PARENT_RUN_ID once the parent run exists
-        if study is not None and {names.METRIC, names.PARENT_RUN_ID} <= set(study.user_attrs):
+        if study is not None and {keys.METRIC, keys.PARENT_RUN_ID} <= set(study.user_attrs):
             break
         if time.monotonic() >= deadline:
             raise RuntimeError(f"study {name!r} is not set up in {redact_url(storage_url)}"
@@ -139,7 +139,7 @@ def join_study(config: RunConfig, storage_url: str, storage, sampler, pruner, tr
             said_waiting = True
         time.sleep(poll_seconds)
     study = open_study(config, storage, sampler, pruner)  # refuses a study made for another setup
-    return SweepStudy(config, storage_url, study, tracker, study.user_attrs[names.PARENT_RUN_ID])
+    return SweepStudy(config, storage_url, study, tracker, study.user_attrs[keys.PARENT_RUN_ID])
 
 
 def prepare_to_join(sweep: SweepStudy) -> int:
@@ -166,11 +166,11 @@ def run_worker(sweep: SweepStudy, cache: DataCache, run_tags: dict[str, Any], qu
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         value = trial.value if trial.state == TrialState.COMPLETE else None
-        note = trial.user_attrs.get(names.FAIL_REASON, "")
+        note = trial.user_attrs.get(keys.FAIL_REASON, "")
         if trial.state == TrialState.PRUNED:
-            note = f"pruned at epoch {trial.user_attrs.get(names.PRUNED_AT_EPOCH, '?')}"
-        if names.REPEAT_OF in trial.user_attrs:
-            note = "; ".join(filter(None, [f"repeat of trial {trial.user_attrs[names.REPEAT_OF]}", note]))
+            note = f"pruned at epoch {trial.user_attrs.get(keys.PRUNED_AT_EPOCH, '?')}"
+        if keys.REPEAT_OF in trial.user_attrs:
+            note = "; ".join(filter(None, [f"repeat of trial {trial.user_attrs[keys.REPEAT_OF]}", note]))
         best = _best_value(study)
         progress.trial_finished(trial.number, trial.state.name, value, note, best, is_verdict(trial))
         if best is not None and not is_repeat(trial):
@@ -197,7 +197,7 @@ def run_worker(sweep: SweepStudy, cache: DataCache, run_tags: dict[str, Any], qu
             why = _run_repeats(sweep, ctx, after_trial, deadline)
         if why == "errors":
             print(f"{worker_label()}stopping: {max(3, s.n_trials)} trials of this run raised errors (see their "
-                  f"MLflow runs' {names.ERROR_ARTIFACT}); fix the cause and run the same command again",
+                  f"MLflow runs' {keys.ERROR_ARTIFACT}); fix the cause and run the same command again",
                   file=sys.stderr)
         return why
     except KeyboardInterrupt:
@@ -256,7 +256,7 @@ def state_store(sweep: SweepStudy) -> TrialStateStore:
     """Checkpoints and weights in sweeps/<study>/, and with a shared store also in the runs' artifacts."""
     s = sweep.config.study
     shared = s.state_store == "mlflow" or (s.state_store == "auto" and sweep.tracker.is_server)
-    return TrialStateStore(names.checkpoints_dir(s.name) if s.checkpoint else None, names.weights_dir(s.name),
+    return TrialStateStore(keys.checkpoints_dir(s.name) if s.checkpoint else None, keys.weights_dir(s.name),
                            sweep.tracker if shared else None)
 
 
@@ -288,7 +288,7 @@ def finish_study(sweep: SweepStudy, cache: DataCache, status: str = "FINISHED") 
         # checkpoints of trials that ended without resuming (interrupted with the budget met elsewhere): a finished
         # study needs none of them, here or in the artifact store
         state.discard_leftover_checkpoints(
-            [t.user_attrs.get(names.MLFLOW_RUN_ID) for t in sweep.study.get_trials(deepcopy=False)
+            [t.user_attrs.get(keys.MLFLOW_RUN_ID) for t in sweep.study.get_trials(deepcopy=False)
              if t.state == TrialState.FAIL])
         close_parent(sweep, status)
     return summary
@@ -321,7 +321,7 @@ def evaluate_best_once(sweep: SweepStudy, cache: DataCache, state: TrialStateSto
     best, members, group = chosen
     summary = _chosen_summary(best, group)
     if _evaluated_already(sweep.study, best, members):  # the same models: the test split is not read again
-        summary.update(sweep.study.user_attrs.get(names.TEST_METRICS, {}))
+        summary.update(sweep.study.user_attrs.get(keys.TEST_METRICS, {}))
         _register_logged_model(sweep, best, summary)
         return summary
     results = [metrics for member in members
@@ -333,9 +333,9 @@ def evaluate_best_once(sweep: SweepStudy, cache: DataCache, state: TrialStateSto
         return summary
     metrics = _mean_over_seeds(results)
     _log_on_parent(sweep, best, summary, metrics)
-    sweep.study.set_user_attr(names.TEST_EVALUATED_TRIAL, best.number)
-    sweep.study.set_user_attr(names.TEST_EVALUATED_TRIALS, [m.number for m in members])
-    sweep.study.set_user_attr(names.TEST_METRICS, metrics)
+    sweep.study.set_user_attr(keys.TEST_EVALUATED_TRIAL, best.number)
+    sweep.study.set_user_attr(keys.TEST_EVALUATED_TRIALS, [m.number for m in members])
+    sweep.study.set_user_attr(keys.TEST_METRICS, metrics)
     _keep_only_weights_of(sweep.study, state, members)
     summary.update(metrics)
     return summary
@@ -346,7 +346,7 @@ def _chosen_summary(best: optuna.trial.FrozenTrial, group: Optional[ConfigGroup]
     seeds (the search seed was selected, see ConfigGroup), with their spread and the two other means beside it."""
     stats = group.fresh if group is not None else None
     summary = {"trial": best.number, "value": stats.mean if stats else best.value,
-               "params": json.loads(best.user_attrs[names.VALUES])}
+               "params": json.loads(best.user_attrs[keys.VALUES])}
     if stats is not None:
         summary.update(seeds=stats.n, value_std=stats.std, value_low=stats.low, value_high=stats.high,
                        value_search_seed=best.value, value_all_seeds=group.stats.mean)
@@ -354,19 +354,19 @@ def _chosen_summary(best: optuna.trial.FrozenTrial, group: Optional[ConfigGroup]
 
 
 def _evaluated_already(study: optuna.Study, best: optuna.trial.FrozenTrial, members: list) -> bool:
-    return (study.user_attrs.get(names.TEST_EVALUATED_TRIAL) == best.number
-            and study.user_attrs.get(names.TEST_EVALUATED_TRIALS, [best.number]) == [m.number for m in members])
+    return (study.user_attrs.get(keys.TEST_EVALUATED_TRIAL) == best.number
+            and study.user_attrs.get(keys.TEST_EVALUATED_TRIALS, [best.number]) == [m.number for m in members])
 
 
 def _register_logged_model(sweep: SweepStudy, best: optuna.trial.FrozenTrial, summary: dict) -> None:
     """--register-model given after the test evaluation: the best model is logged already, only registered."""
     tracker = sweep.tracker
-    if not (tracker.registered_model and best.user_attrs.get(names.MLFLOW_RUN_ID)):
+    if not (tracker.registered_model and best.user_attrs.get(keys.MLFLOW_RUN_ID)):
         return
     try:
-        tracker.register_model(best.user_attrs[names.MLFLOW_RUN_ID],
+        tracker.register_model(best.user_attrs[keys.MLFLOW_RUN_ID],
                                {"study": sweep.name, "trial": best.number, sweep.config.study.metric: summary["value"],
-                                **sweep.study.user_attrs.get(names.TEST_METRICS, {})})
+                                **sweep.study.user_attrs.get(keys.TEST_METRICS, {})})
     except Exception as exc:
         warn(f"could not register the best model as {tracker.registered_model!r}", exc)
 
@@ -375,14 +375,14 @@ def _evaluate_member(sweep: SweepStudy, cache: DataCache, state: TrialStateStore
                      best: optuna.trial.FrozenTrial, summary: dict) -> Optional[dict]:
     """One seed's model of the chosen configuration on the test split, logged on its run (the best's with its
     model); None when its weights are neither here nor in its run."""
-    run_id = member.user_attrs.get(names.MLFLOW_RUN_ID)
+    run_id = member.user_attrs.get(keys.MLFLOW_RUN_ID)
     weights = state.fetch_weights(member.number, run_id)
     if weights is None:
         return None
-    values = json.loads(member.user_attrs[names.VALUES])
+    values = json.loads(member.user_attrs[keys.VALUES])
     parts, result = evaluate_weights(sweep.config.with_values(values), cache, weights, "test")
     metrics = {"test_accuracy": result.accuracy, "test_macro_f1": result.macro_f1, "test_loss": result.loss}
-    step = member.user_attrs.get(names.EPOCHS_RUN, 0)
+    step = member.user_attrs.get(keys.EPOCHS_RUN, 0)
     if member is best and run_id:
         tags = {"study": sweep.name, "trial": best.number, sweep.config.study.metric: summary["value"], **metrics}
         try:  # the test metrics logged with the model, linked to it
@@ -413,7 +413,7 @@ def _log_on_parent(sweep: SweepStudy, best: optuna.trial.FrozenTrial, summary: d
     tracker.log_metrics(sweep.parent_id, metrics, step=best.number)
     # the chosen configuration's value (with repeats, the mean over its seeds): apart from the best_ history
     tracker.log_metrics(sweep.parent_id, {f"chosen_{metric}": summary["value"]}, step=best.number)
-    best_run = best.user_attrs.get(names.MLFLOW_RUN_ID) or ""
+    best_run = best.user_attrs.get(keys.MLFLOW_RUN_ID) or ""
     tracker.set_tags(sweep.parent_id, {"best_trial": best.number, "best_run_id": best_run,
                                        # the run's description in MLflow: the study's outcome at a glance
                                        "mlflow.note.content": _outcome(sweep, best.number, best_run, summary,
@@ -430,4 +430,4 @@ def _keep_only_weights_of(study: optuna.Study, state: TrialStateStore, members: 
     kept = {m.number for m in members}
     finished = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
     for number in finished - kept:
-        names.weights_path(state.weights_dir, number).unlink(missing_ok=True)
+        keys.weights_path(state.weights_dir, number).unlink(missing_ok=True)
