@@ -194,6 +194,14 @@ def load_folder_cache(root: str | Path, image_size: int, *, cache_dir: Optional[
     return _read_cache(npy, meta, bad_images)
 
 
+def _sync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _build(layout: FolderLayout, side: int, npy: Path, meta: Path, workers: Optional[int]) -> None:
     files = [f for split in SPLIT_FOLDERS if split in layout.splits for f in layout.splits[split]]
     n = len(files)
@@ -225,6 +233,7 @@ def _build(layout: FolderLayout, side: int, npy: Path, meta: Path, workers: Opti
             for done in as_completed(futures):
                 bad_rows += done.result()
                 bar.update(futures[done])
+        _sync(tmp)  # on disk before the record that says it is whole
         os.replace(tmp, npy)
     except BaseException:
         tmp.unlink(missing_ok=True)

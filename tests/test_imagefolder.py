@@ -128,6 +128,25 @@ def test_a_square_is_the_centre_of_the_shorter_side_resized(tmp_path):
     assert square.shape == (3, 20, 20) and square.min() > 220 and square[:, :, 2:-2].min() == 255
 
 
+@pytest.mark.parametrize("size", [(500, 375), (375, 500), (333, 257), (64, 48)])
+def test_the_square_is_the_resized_image_cropped_without_computing_the_crop(tmp_path, size):
+    """decode resizes only the region its square covers (one resize with a box): the same pixels, within 1 of
+    255 (rounding), as resizing the whole image and cropping its centre, as torchvision's Resize + CenterCrop."""
+    rng = np.random.default_rng(sum(size))
+    coarse = Image.fromarray(rng.integers(0, 256, (size[1] // 8 + 1, size[0] // 8 + 1, 3), dtype=np.uint8))
+    coarse.resize(size, Image.Resampling.BICUBIC).save(tmp_path / "photo.png")
+    side = 32
+    with Image.open(tmp_path / "photo.png") as img:
+        w, h = img.size
+        scale = side / min(w, h)
+        new = (max(side, round(w * scale)), max(side, round(h * scale)))
+        resized = img.convert("RGB").resize(new, Image.Resampling.BILINEAR)
+        left, top = (new[0] - side) // 2, (new[1] - side) // 2
+        expected = np.asarray(resized.crop((left, top, left + side, top + side))).transpose(2, 0, 1).astype(int)
+    square, why = decode(str(tmp_path / "photo.png"), side)
+    assert why is None and np.abs(square.astype(int) - expected).max() <= 1
+
+
 def _broken_folder(root):
     write_folder(root, per_class=4)
     (root / "red" / "empty.jpg").write_bytes(b"")
