@@ -9,6 +9,7 @@ in memory so that a worker loads each dataset once, whatever number of trials it
 """
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -63,6 +64,16 @@ class DataCache:
             data = load_dataset(**dataset_kwargs(cfg), device=self.device).to(self.device)
             self._cache[cfg] = (data, color_stats(data.train_x))
         return self._cache[cfg]
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def release(self) -> None:
+        """Let every dataset go, device memory included; a later `get` loads it again."""
+        self._cache.clear()
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
 def input_size(model_cfg: ModelConfig, augment_cfg: AugmentConfig) -> int:

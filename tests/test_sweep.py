@@ -278,3 +278,29 @@ def test_a_study_from_before_a_new_option_resumes_at_its_default(in_tmp, capsys)
                          study={"name": "tiny", "n_trials": 3, "sampler": "random", "pruner": "none"})
     assert run_sweep(in_tmp, other) == 2
     assert "model.dropout_at stored None, now 'fc_outputs'" in capsys.readouterr().err
+
+
+def test_a_launcher_lets_its_copy_of_the_data_go_while_its_workers_train(in_tmp, monkeypatch):
+    """The launcher loads the data once to check it before any state is written; with worker processes, each
+    loads its own, so the launcher's copy must not stay beside theirs on the device for the whole sweep."""
+    from alexnet_exp.run_parts import DataCache
+    from alexnet_exp.sweep import cli
+
+    caches, held_while_supervising = [], []
+
+    class Recorded(DataCache):
+        def __init__(self, device):
+            super().__init__(device)
+            caches.append(self)
+
+    def workers_interrupted(command, n_workers, gpus, budget_left):  # started nothing: Ctrl-C at once
+        held_while_supervising.append(len(caches[0]))
+        return None
+
+    monkeypatch.setattr(cli, "DataCache", Recorded)
+    monkeypatch.setattr(cli, "supervise", workers_interrupted)
+    assert run_sweep(in_tmp, write_config(in_tmp / "s.yaml"), "--workers", "2") == 130
+    assert held_while_supervising == [0]
+    # one worker runs in the launcher's own process and keeps it (its trials use it)
+    assert run_sweep(in_tmp, write_config(in_tmp / "s.yaml", study={"n_trials": 1}), "--workers", "1") == 0
+    assert len(caches[1]) == 1

@@ -283,6 +283,10 @@ def _launch(sweep: SweepStudy, report, cache: DataCache, run_tags: dict, argv: l
         if n_workers == 1:
             why = run_worker(sweep, cache, run_tags, quiet)
         else:
+            # The workers load their own copy: the launcher's, loaded to check the data before any state was
+            # written, would sit beside theirs on the first GPU (a resident image folder: gigabytes) while they
+            # train. The test evaluation at the end loads it again.
+            cache.release()
             command = python_command("alexnet_exp.sweep", argv + ["--worker", "--quiet"])
             codes = supervise(command, n_workers, gpus, lambda: retry_transient(
                 lambda: budget_left(sweep), "the budget check"))
