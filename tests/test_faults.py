@@ -20,7 +20,7 @@ from alexnet_exp.sweep.stores.tracking import Tracker
 RACER = """
 import sys, time
 from pathlib import Path
-from alexnet_exp.tracking import Tracker
+from alexnet_exp.sweep.stores.tracking import Tracker
 uri, folder, rounds = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
 tracker = Tracker(uri, "race", system_metrics=False)
 run = tracker.client.create_run(tracker.experiment_id).info.run_id
