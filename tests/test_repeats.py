@@ -8,7 +8,14 @@ from optuna.trial import TrialState
 from sweep_helpers import mlflow_runs, run_sweep, write_config
 
 from alexnet_exp.sweep import keys
-from alexnet_exp.sweep.search.repeats import config_groups, ensure_repeats, load_plan, repeat_key, top_configurations
+from alexnet_exp.sweep.search.repeats import (
+    chosen_configuration,
+    config_groups,
+    ensure_repeats,
+    load_plan,
+    repeat_key,
+    top_configurations,
+)
 from alexnet_exp.sweep.search.seed_stats import seed_stats, within_noise
 from alexnet_exp.sweep.stores.study_store import default_storage
 
@@ -181,3 +188,10 @@ def test_repeated_configurations_are_ranked_on_their_fresh_seeds():
     assert best.fresh.n == 2 and best.fresh.mean == pytest.approx(0.735)
     assert best.stats.n == 3 and best.stats.mean == pytest.approx((0.76 + 0.73 + 0.74) / 3)
     assert groups[1].stats.mean > best.stats.mean  # what the old ranking went by
+    # The one reading of the choice (test evaluation, parent run, report): the group's search trial, or, for a
+    # study resumed with `repeats` taken out of its config, its best single search trial as the config says.
+    trial, members, group = chosen_configuration(study, repeats=True)
+    assert trial.number == 1 and group.fresh == best.fresh
+    assert [m.number for m in members] == [m.number for m in best.members] and len(members) == 3
+    trial, members, group = chosen_configuration(study, repeats=False)
+    assert trial.number == 0 and [m.number for m in members] == [0] and group is None

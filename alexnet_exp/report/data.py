@@ -208,7 +208,9 @@ def load_study_data(name: str, storage: str, tracking_uri: Optional[str] = None)
         if earlier and by_number[t.number].duration_s is not None:
             by_number[t.number].duration_s += sum(d for d in earlier if d is not None)
     complete = [r for r in rows if r.state == "COMPLETE" and r.value is not None and math.isfinite(r.value)]
-    chosen = chosen_configuration(study) if complete else None
+    # the plan stored decides (the report cannot see the config of the latest run: a study resumed with its
+    # repeats removed was test-evaluated on its best single trial; the header then shows no test figures)
+    chosen = chosen_configuration(study, repeats=True) if complete else None
     best_number = chosen[0].number if chosen is not None else None
     test = attrs.get(keys.TEST_METRICS, {}) if attrs.get(keys.TEST_EVALUATED_TRIAL) == best_number else {}
     return StudyData(name, attrs.get(keys.METRIC, "value"), study.direction.name.lower(),

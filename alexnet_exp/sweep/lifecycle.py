@@ -315,7 +315,7 @@ def evaluate_best_once(sweep: SweepStudy, cache: DataCache, state: TrialStateSto
     """Evaluate the chosen configuration once on the held-out test split (each of its seeds' models when it was
     repeated); log it on their runs and the parent run. Call under the study lock: the study attribute is what
     makes it once."""
-    chosen = chosen_configuration(sweep.study)
+    chosen = chosen_configuration(sweep.study, repeats=sweep.config.study.repeats is not None)
     if chosen is None:
         return None
     best, members, group = chosen

@@ -208,12 +208,14 @@ def config_groups(study: optuna.Study, plan: RepeatPlan) -> list[ConfigGroup]:
     return groups
 
 
-def chosen_configuration(study: optuna.Study) -> Optional[tuple[optuna.trial.FrozenTrial, list, Optional[ConfigGroup]]]:
+def chosen_configuration(study: optuna.Study, repeats: bool
+                         ) -> Optional[tuple[optuna.trial.FrozenTrial, list, Optional[ConfigGroup]]]:
     """What the study chose, the one reading of it (the test evaluation, the parent run and the report): (its
-    search trial, the COMPLETE trials of its configuration, its repeated-seeds group or None). With repeats
-    planned, the configuration with the best mean over its fresh seeds; else the best single search trial.
+    search trial, the COMPLETE trials of its configuration, its repeated-seeds group or None). With `repeats`
+    (the config's `study.repeats` is set) and a plan made, the configuration with the best mean over its fresh
+    seeds; else the best single search trial, as the config says, even where an earlier run planned repeats.
     None before any search trial completes."""
-    plan = load_plan(study)
+    plan = load_plan(study) if repeats else None
     groups = config_groups(study, plan) if plan is not None else []
     if groups:
         return groups[0].trial, groups[0].members, groups[0]
