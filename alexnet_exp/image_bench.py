@@ -1,7 +1,8 @@
 """`python -m alexnet_exp.bench images`: a folder of photo-sized JPEGs, from files to trained images.
 
 Measured on generated JPEGs of ImageNet's typical size (500 x 375, photo-like texture, quality 90):
-(a) decoding into the image cache (imagefolder.py): images/s on one process, and on every core;
+(a) decoding into the image cache (imagefolder.py): images/s on one process, on every core, and of the decode
+    function alone;
 (b) training the paper AlexNet (256 px cache, random 227 crops, flips, PCA colour noise) through `train.fit`
     from the cache held in memory (resident) and streamed from its memory map, same seed, same batches;
 (c) the documents' pipeline on the same files: torchvision's ImageFolder with PIL transforms (Resize(256),
@@ -16,6 +17,8 @@ import datetime as dt
 import json
 import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -42,14 +45,33 @@ def write_photos(root: Path, n: int, classes: int = 4, seed: int = 0) -> None:
         Image.fromarray(pixels).save(folder / f"{i:06d}.jpg", "JPEG", quality=90)
 
 
-def decode_rate(root: Path, cache_dir: Path, workers: int) -> float:
-    from .imagefolder import load_folder_cache
+# The cache built in a process of its own, as a sweep builds it. From here (`python -m alexnet_exp.bench`) each
+# decoding process would first import this module, torch and all: multiprocessing's spawn re-imports the main
+# module unless it is a package's __main__, as the sweep's is (`python -m alexnet_exp.sweep`).
+_BUILD = ("import sys, time\n"
+          "from alexnet_exp.imagefolder import load_folder_cache\n"
+          "started = time.perf_counter()\n"
+          "cache = load_folder_cache(sys.argv[1], 256, cache_dir=sys.argv[2], workers=int(sys.argv[3]))\n"
+          "print(len(cache.labels) / (time.perf_counter() - started))\n")
 
+
+def decode_rate(root: Path, cache_dir: Path, workers: int) -> float:
     for old in cache_dir.glob("images-*"):
         old.unlink()
+    done = subprocess.run([sys.executable, "-c", _BUILD, str(root), str(cache_dir), str(workers)],
+                          capture_output=True, text=True, check=True)
+    return float(done.stdout.split()[-1])
+
+
+def decode_function_rate(root: Path, limit: int = 500) -> float:
+    """Images/s of `image_decode.decode` alone, in this process: the decoding without the pool around it."""
+    from .image_decode import decode
+
+    files = sorted(root.rglob("*.jpg"))[:limit]
     started = time.perf_counter()
-    cache = load_folder_cache(root, 256, cache_dir=cache_dir, workers=workers)
-    return len(cache.labels) / (time.perf_counter() - started)
+    for f in files:
+        decode(str(f), 256)
+    return len(files) / (time.perf_counter() - started)
 
 
 def training_rate(root: Path, cache_dir: Path, device: torch.device, batch: int, resident_gb, arch: str,
@@ -121,6 +143,7 @@ def main(argv: list[str]) -> int:
         print(f"writing {n} JPEGs of {PHOTO_SIZE[0]} x {PHOTO_SIZE[1]} ...", flush=True)
         write_photos(root, n)
         result["jpeg_kb_mean"] = sum(f.stat().st_size for f in root.rglob("*.jpg")) / n / 1024
+        result["decode_function_img_s"] = decode_function_rate(root)
         print("decoding, one process ...", flush=True)
         result["decode_img_s_one_process"] = decode_rate(root, cache_dir, 1)
         print(f"decoding, {cores} processes ...", flush=True)
@@ -135,7 +158,7 @@ def main(argv: list[str]) -> int:
     print(f"\n{result['device']}, torch {result['torch']}, {result['date']}, {cores} cores")
     print(f"decoding {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} JPEGs ({result['jpeg_kb_mean']:.0f} kB) to 256 px: "
           f"{result['decode_img_s_one_process']:.0f} img/s on one process, {result['decode_img_s_all_cores']:.0f} "
-          f"img/s on {cores}")
+          f"img/s on {cores} (the decode function alone: {result['decode_function_img_s']:.0f} img/s)")
     print(f"training {args.arch} x{args.width} (batch {batch}): resident "
           f"{result['resident']['train_img_s']:.1f} img/s, "
           f"streamed {result['streamed']['train_img_s']:.1f} img/s ({result['streamed_over_resident']:.1%}), the "

@@ -88,6 +88,7 @@ def test_image_benchmark_decodes_jpegs_and_trains_resident_and_streamed(tmp_path
     result = json.loads(found.read_text())
     assert result["photos"] == 24 and result["jpeg_kb_mean"] > 5  # photo-like files, not flat ones
     assert result["decode_img_s_one_process"] > 0 and result["decode_img_s_all_cores"] > 0
+    assert result["decode_function_img_s"] > 0
     assert not result["resident"]["streamed"] and result["streamed"]["streamed"]
     assert result["resident"]["train_img_s"] > 0 and result["documents_train_img_s"] > 0
     assert result["streamed_over_resident"] == result["streamed"]["train_img_s"] / result["resident"]["train_img_s"]
