@@ -2,7 +2,7 @@
 
 One explicit adapter per section (`dataset_kwargs`, `make_augmenter`, `make_model`, `fit_settings`) names every
 key it passes on, so that a config key reaches the core only where it is wired, and a new key that is not
-wired fails the tests (tests/test_pipeline.py) instead of being dropped or passed on by name.
+wired fails the tests (tests/test_run_parts.py) instead of being dropped or passed on by name.
 
 Shared by the single-run CLI and the sweep's workers. A `DataCache` keeps datasets and their colour statistics
 in memory so that a worker loads each dataset once, whatever number of trials it runs.
