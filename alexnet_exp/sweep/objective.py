@@ -20,7 +20,6 @@ import optuna
 import torch
 
 from ..config import ConfigError, RepeatsConfig, RunConfig, dump_config, inactive_paths, resolved_rates
-from ..data import ImageData
 from ..figures_common import confusion_png
 from ..redaction import redact_text
 from ..run_parts import DataCache, RunParts, evaluate_split, train_run
@@ -271,7 +270,7 @@ def _train_and_record(trial: optuna.Trial, ctx: TrialContext, config: RunConfig,
     reporter = EpochReporter(trial, ctx, run_id, resume["epoch"] if resume is not None else 0)
     chain_runs = [run_id, *(earlier_runs or [])]
     try:
-        data = _log_dataset(ctx, run_id, config)
+        _log_dataset(ctx, run_id, config)
         # what the pruner judges the trial by: its own epochs and warm-up (pruning.py)
         record_budget(trial, config.train.epochs, config.train.schedule, ctx.base.study.pruner_options,
                       config.train.warmup_epochs)
@@ -303,7 +302,7 @@ def _train_and_record(trial: optuna.Trial, ctx: TrialContext, config: RunConfig,
             if m.epoch > reporter.logged_epochs:
                 _log_epoch(ctx, run_id, m)
         return _fail(trial, ctx, run_id, result.status, result.reason)
-    return _record_completed(trial, ctx, config, run_id, parts, data, result)
+    return _record_completed(trial, ctx, config, run_id, parts, result)
 
 
 def _resume_point(trial: optuna.Trial, ctx: TrialContext, run_id: str, checkpoint: Optional[Path],
@@ -348,25 +347,24 @@ class EpochReporter:
             raise optuna.TrialPruned(f"pruned at epoch {m.epoch}")
 
 
-def _log_dataset(ctx: TrialContext, run_id: str, config: RunConfig) -> ImageData:
+def _log_dataset(ctx: TrialContext, run_id: str, config: RunConfig) -> None:
     """The trial's data (loaded once per worker), its splits logged as the run's dataset inputs."""
     data, _ = ctx.cache.get(config.data)
     ctx.tracker.log_dataset(
         run_id, data.name, data_digest(config), data.source,
         {context: json.dumps({"images": len(labels), "classes": data.num_classes}) for context, labels in
          (("training", data.train_y), ("validation", data.val_y), ("test", data.test_y))})
-    return data
 
 
 def _record_completed(trial: optuna.Trial, ctx: TrialContext, config: RunConfig, run_id: str, parts: RunParts,
-                      data: ImageData, result: FitResult) -> float:
+                      result: FitResult) -> float:
     """A trial that trained every epoch: its last validation figures logged, its weights kept when it is
     among the best, its run closed; returns its value."""
     final = result.last_eval  # fit's last validation pass: no second pass over the split
     if final is None:  # resumed from a checkpoint of the last epoch: nothing was trained here
         final = evaluate_split(parts, "val", config.train.eval_batch_size)
     value = final.accuracy if ctx.metric == "val_accuracy" else final.macro_f1
-    _log_evaluation(ctx, run_id, final, data.class_names)
+    _log_evaluation(ctx, run_id, final, parts.data.class_names)
     repeats = ctx.base.study.repeats
     if _keeps_weights(trial.study, trial, value, repeats.top_k if repeats else 1):
         ctx.state.save_weights({k: v.detach().cpu() for k, v in parts.model.state_dict().items()}, trial.number,
