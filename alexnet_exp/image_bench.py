@@ -1,8 +1,8 @@
 """`python -m alexnet_exp.bench images`: a folder of photo-sized JPEGs, from files to trained images.
 
 Measured on generated JPEGs of ImageNet's typical size (500 x 375, photo-like texture, quality 90):
-(a) decoding into the image cache (imagefolder.py): images/s on one process, on every core, and of the decode
-    function alone;
+(a) decoding into the image cache (imagefolder.py): images/s on one core and on every core (thousands of
+    hard links to the photos, for a steady rate), and of the decode function alone;
 (b) training the paper AlexNet (256 px cache, random 227 crops, flips, PCA colour noise) through `train.fit`
     from the cache held in memory (resident) and streamed from its memory map, same seed, same batches;
 (c) the documents' pipeline on the same files: torchvision's ImageFolder with PIL transforms (Resize(256),
@@ -17,14 +17,15 @@ import datetime as dt
 import json
 import os
 import platform
-import subprocess
-import sys
+import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .cores import usable_cores
 
 PHOTO_SIZE = (500, 375)  # ImageNet's most common size
 
@@ -45,22 +46,31 @@ def write_photos(root: Path, n: int, classes: int = 4, seed: int = 0) -> None:
         Image.fromarray(pixels).save(folder / f"{i:06d}.jpg", "JPEG", quality=90)
 
 
-# The cache built in a process of its own, as a sweep builds it. From here (`python -m alexnet_exp.bench`) each
-# decoding process would first import this module, torch and all: multiprocessing's spawn re-imports the main
-# module unless it is a package's __main__, as the sweep's is (`python -m alexnet_exp.sweep`).
-_BUILD = ("import sys, time\n"
-          "from alexnet_exp.imagefolder import load_folder_cache\n"
-          "started = time.perf_counter()\n"
-          "cache = load_folder_cache(sys.argv[1], 256, cache_dir=sys.argv[2], workers=int(sys.argv[3]))\n"
-          "print(len(cache.labels) / (time.perf_counter() - started))\n")
+def link_photos(photos: Path, root: Path, n: int) -> None:
+    """A folder of `n` files, hard links to the photos in turn (their class folders kept): thousands of images
+    for a steady decoding rate without generating thousands of JPEGs. Every file is decoded in full; the data
+    are in the page cache either way."""
+    sources = sorted(photos.rglob("*.jpg"))
+    for i in range(n):
+        source = sources[i % len(sources)]
+        target = root / source.parent.name / f"{i:07d}.jpg"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.link(source, target)
 
 
-def decode_rate(root: Path, cache_dir: Path, workers: int) -> float:
-    for old in cache_dir.glob("images-*"):
-        old.unlink()
-    done = subprocess.run([sys.executable, "-c", _BUILD, str(root), str(cache_dir), str(workers)],
-                          capture_output=True, text=True, check=True)
-    return float(done.stdout.split()[-1])
+def decode_rate(photos: Path, tmp: Path, files: int, threads: int) -> float:
+    """Images/s of a whole cache build of `files` (folder scan, decoding, final sync), as a sweep builds it."""
+    from .imagefolder import load_folder_cache
+
+    root, cache_dir = tmp / f"linked-{files}", tmp / f"cache-{files}-{threads}"
+    if not root.exists():
+        link_photos(photos, root, files)
+    started = time.perf_counter()
+    cache = load_folder_cache(root, 256, cache_dir=cache_dir, threads=threads)
+    rate = len(cache.labels) / (time.perf_counter() - started)
+    del cache
+    shutil.rmtree(cache_dir)  # gigabytes at 256 px
+    return rate
 
 
 def decode_function_rate(root: Path, limit: int = 500) -> float:
@@ -105,7 +115,7 @@ def documents_rate(root: Path, device: torch.device, batch: int, steps: int, arc
     tf = T.Compose([T.Resize(256), T.CenterCrop(256), T.RandomCrop(227), T.RandomHorizontalFlip(), T.ToTensor(),
                     T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
     loader = torch.utils.data.DataLoader(datasets.ImageFolder(str(root), tf), batch_size=batch, shuffle=True,
-                                         num_workers=os.cpu_count() or 1, drop_last=True)
+                                         num_workers=usable_cores(), drop_last=True)
     size = ARCH_INPUT_SIZE[arch]
     if size != 227:
         tf.transforms.insert(4, T.Resize(size))  # after the crop and flip, as the project's pipeline resizes
@@ -125,6 +135,8 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m alexnet_exp.bench images", description=__doc__.splitlines()[0])
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     p.add_argument("--photos", type=int, help="JPEGs to generate (default: 2,000 on CUDA, 320 on CPU)")
+    p.add_argument("--decode-files", type=int, default=3000,
+                   help="files decoded per core in the cache-build rates (hard links to the photos)")
     p.add_argument("--arch", default="alexnet", help="the network trained (default: the paper's, at 227)")
     p.add_argument("--width", type=float, default=1.0, help="its channel multiplier (tests: 0.25)")
     p.add_argument("--out", default="benchmarks/results", help="folder for the JSON")
@@ -133,7 +145,7 @@ def main(argv: list[str]) -> int:
     cuda = device.type == "cuda"
     n = args.photos or (2_000 if cuda else 320)
     batch = 128 if cuda else 16
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     result = {"date": dt.date.today().isoformat(), "device": torch.cuda.get_device_name(device) if cuda
               else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
               "torch": torch.__version__, "python": platform.python_version(), "cores": cores, "photos": n,
@@ -144,10 +156,12 @@ def main(argv: list[str]) -> int:
         write_photos(root, n)
         result["jpeg_kb_mean"] = sum(f.stat().st_size for f in root.rglob("*.jpg")) / n / 1024
         result["decode_function_img_s"] = decode_function_rate(root)
-        print("decoding, one process ...", flush=True)
-        result["decode_img_s_one_process"] = decode_rate(root, cache_dir, 1)
-        print(f"decoding, {cores} processes ...", flush=True)
-        result["decode_img_s_all_cores"] = decode_rate(root, cache_dir, cores)
+        one, every = args.decode_files, args.decode_files * cores
+        result["decode_files"] = {"one_core": one, "all_cores": every}
+        print(f"decoding {one} files, one thread ...", flush=True)
+        result["decode_img_s_one_core"] = decode_rate(root, Path(tmp), one, 1)
+        print(f"decoding {every} files, {cores} threads ...", flush=True)
+        result["decode_img_s_all_cores"] = decode_rate(root, Path(tmp), every, cores)
         for mode, budget in (("resident", None), ("streamed", 0.0)):
             print(f"training from the cache, {mode} ...", flush=True)
             result[mode] = training_rate(root, cache_dir, device, batch, budget, args.arch, args.width)
@@ -157,7 +171,7 @@ def main(argv: list[str]) -> int:
     result["streamed_over_resident"] = result["streamed"]["train_img_s"] / result["resident"]["train_img_s"]
     print(f"\n{result['device']}, torch {result['torch']}, {result['date']}, {cores} cores")
     print(f"decoding {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} JPEGs ({result['jpeg_kb_mean']:.0f} kB) to 256 px: "
-          f"{result['decode_img_s_one_process']:.0f} img/s on one process, {result['decode_img_s_all_cores']:.0f} "
+          f"{result['decode_img_s_one_core']:.0f} img/s on one core, {result['decode_img_s_all_cores']:.0f} "
           f"img/s on {cores} (the decode function alone: {result['decode_function_img_s']:.0f} img/s)")
     print(f"training {args.arch} x{args.width} (batch {batch}): resident "
           f"{result['resident']['train_img_s']:.1f} img/s, "

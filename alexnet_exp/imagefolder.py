@@ -9,29 +9,31 @@ The cache is one memory-mapped `.npy` of every image (shorter side resized to `i
 uint8 (N, 3, S, S)) and a `.json` beside it (labels, splits, class names, files that could not be read). Its
 name is a hash of the file list (paths, sizes, modification times) and the preprocessing, so a changed,
 added or removed file gives a new cache, and an unchanged folder is decoded once for every trial, worker and
-rerun. It is built under a file lock (N workers started at once: one decodes, the others wait), by all cores,
-into a temporary file renamed into place: a killed build leaves nothing that looks finished.
+rerun. It is built under a file lock (N workers started at once: one decodes, the others wait), by a thread
+on every core the process may use, into a temporary file renamed into place: a killed build leaves nothing
+that looks finished.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
+from .cores import usable_cores
 from .locks import file_lock
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 SPLIT_FOLDERS = ("train", "val", "test")
-CACHE_FORMAT = 1  # bump when the preprocessing changes: every cache is rebuilt
+CACHE_FORMAT = 2  # bump when the preprocessing changes: every cache is rebuilt
 _CHUNK = 64  # files per decoding task: small enough for a smooth progress bar, large enough to be cheap
 MAX_LISTED_BAD = 20  # bad files named in an error; the rest counted
 
@@ -174,7 +176,7 @@ def _bad_message(bad: list[tuple[str, str]], root: str) -> str:
 
 
 def load_folder_cache(root: str | Path, image_size: int, *, cache_dir: Optional[str | Path] = None,
-                      bad_images: str = "error", workers: Optional[int] = None) -> FolderCache:
+                      bad_images: str = "error", threads: Optional[int] = None) -> FolderCache:
     """The cache of `root` at `image_size`, built first when it does not exist (or the folder changed)."""
     layout = scan(root)
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir(layout.root)
@@ -186,55 +188,105 @@ def load_folder_cache(root: str | Path, image_size: int, *, cache_dir: Optional[
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise FolderError(f"cannot create the image cache folder {folder} ({exc.strerror}); set "
-                              f"data.cache_dir to a writable folder (the image folder may stay read-only)") from None
+                              f"data.image_cache_dir to a writable folder (the image folder may stay read-only)") from None
         with file_lock(folder / f"{prefix}.lock"):
             if not meta.is_file():  # another process may have built it while this one waited
-                _build(layout, image_size, npy, meta, workers)
+                _build(layout, image_size, npy, meta, threads)
                 _remove_stale(folder, prefix, key)
     return _read_cache(npy, meta, bad_images)
 
 
-def _sync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+class RowWriter:
+    """The cache file being built, written a row at a time with pwrite: a full disk is an OSError here, where a
+    memory map's store would kill the process with SIGBUS (and leave its temporary file filling the disk), and
+    no page fault per 4 kB of a fresh file (a fifth of the writing time). pwrite releases the GIL."""
+
+    def __init__(self, path: Path, shape: tuple[int, int, int, int]):
+        header = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)  # a sparse file
+        self.offset, self.row_bytes = header.offset, int(np.prod(shape[1:]))
+        del header
+        self.fd = os.open(path, os.O_WRONLY)
+
+    def write(self, row: int, image: np.ndarray) -> None:
+        view, at = memoryview(np.ascontiguousarray(image)).cast("B"), self.offset + row * self.row_bytes
+        while view:  # a regular file's pwrite is whole or an error, but the loop costs nothing
+            written = os.pwrite(self.fd, view, at)
+            view, at = view[written:], at + written
+
+    def sync(self) -> None:
+        os.fsync(self.fd)
+
+    def __enter__(self) -> "RowWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        os.close(self.fd)
 
 
-def _build(layout: FolderLayout, side: int, npy: Path, meta: Path, workers: Optional[int]) -> None:
-    files = [f for split in SPLIT_FOLDERS if split in layout.splits for f in layout.splits[split]]
-    n = len(files)
-    tmp = npy.with_name(f"{npy.stem}.{os.getpid()}.tmp.npy")
-    try:
-        cache = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, 3, side, side))
-        del cache  # the decoding processes write into the file; this one only created it
-    except OSError as exc:
-        raise FolderError(f"cannot write the image cache {tmp} ({n} images x {3 * side * side / 1e6:.2f} MB = "
-                          f"{n * 3 * side * side / 1e9:.1f} GB; {exc.strerror}); free space or set data.cache_dir "
-                          f"to a larger disk") from None
-    workers = workers or os.cpu_count() or 1
-    rows = [(i, str(f.path)) for i, f in enumerate(files)]
-    chunks = [rows[i:i + _CHUNK] for i in range(0, n, _CHUNK)]
-    bad_rows: list[tuple[int, str]] = []
-    started = time.monotonic()
-    print(f"decoding {n} images of {layout.root} into {npy.parent}/ ({side} x {side}, "
-          f"{n * 3 * side * side / 1e9:.2f} GB) on {workers} process(es); once for every trial", file=sys.stderr,
-          flush=True)
-    from tqdm import tqdm
+def _decode_chunks(cache: RowWriter, chunks: list[list[tuple[int, str]]], side: int, threads: int,
+                   advance: Callable[[int], object]) -> list[tuple[int, str]]:
+    """Decode every chunk into the cache file; returns the (row, why) of the unreadable files.
+
+    Threads of this process, not processes: the decoding (simplejpeg or PIL), the resize (torch), the reads
+    and the copies release the GIL, which a photo holds for about 7% of its time. A decoding process would
+    first import torch, 3 CPU-seconds and 0.3 GB each, which this process has done already."""
+    import torch
 
     from .image_decode import decode_into
 
+    bad_rows: list[tuple[int, str]] = []
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a core per thread: torch's own threads in every resize would oversubscribe
     try:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool, \
+        if threads == 1:
+            for chunk in chunks:
+                bad_rows += decode_into(cache, chunk, side)
+                advance(len(chunk))
+            return bad_rows
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="image-decode") as pool:
+            futures = {pool.submit(decode_into, cache, chunk, side): len(chunk) for chunk in chunks}
+            try:
+                for done in as_completed(futures):
+                    bad_rows += done.result()
+                    advance(futures[done])
+            except BaseException:  # Ctrl-C or an error: the chunks not started are dropped, not decoded
+                for future in futures:
+                    future.cancel()
+                raise
+        return bad_rows
+    finally:
+        torch.set_num_threads(torch_threads)
+
+
+def _build(layout: FolderLayout, side: int, npy: Path, meta: Path, threads: Optional[int]) -> None:
+    files = [f for split in SPLIT_FOLDERS if split in layout.splits for f in layout.splits[split]]
+    n = len(files)
+    tmp = npy.with_name(f"{npy.stem}.{os.getpid()}.tmp.npy")
+    size = f"{n} images x {3 * side * side / 1e6:.2f} MB = {n * 3 * side * side / 1e9:.2f} GB"
+    free = shutil.disk_usage(npy.parent).free
+    if free < n * 3 * side * side:
+        raise FolderError(f"the image cache needs {size} and {npy.parent} has {free / 1e9:.2f} GB free; free "
+                          f"space or set data.image_cache_dir to a larger disk")
+    rows = [(i, str(f.path)) for i, f in enumerate(files)]
+    chunks = [rows[i:i + _CHUNK] for i in range(0, n, _CHUNK)]
+    threads = min(threads or usable_cores(), len(chunks))
+    started = time.monotonic()
+    print(f"decoding {n} images of {layout.root} into {npy.parent}/ ({side} x {side}, "
+          f"{n * 3 * side * side / 1e9:.2f} GB) on {threads} core(s); once for every trial", file=sys.stderr,
+          flush=True)
+    from tqdm import tqdm
+
+    try:
+        with RowWriter(tmp, (n, 3, side, side)) as cache, \
                 tqdm(total=n, unit="img", desc="image cache", file=sys.stderr, dynamic_ncols=True,
                      mininterval=1.0) as bar:
-            futures = {pool.submit(decode_into, str(tmp), chunk, side): len(chunk) for chunk in chunks}
-            for done in as_completed(futures):
-                bad_rows += done.result()
-                bar.update(futures[done])
-        _sync(tmp)  # on disk before the record that says it is whole
+            bad_rows = _decode_chunks(cache, chunks, side, threads, bar.update)
+            cache.sync()  # on disk before the record that says it is whole
         os.replace(tmp, npy)
+    except OSError as exc:  # the disk filled while decoding (another writer), or the folder went read-only
+        tmp.unlink(missing_ok=True)
+        raise FolderError(f"cannot write the image cache {tmp} ({size}; {exc.strerror}); free space or set "
+                          f"data.image_cache_dir to a larger disk") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -247,7 +299,7 @@ def _build(layout: FolderLayout, side: int, npy: Path, meta: Path, workers: Opti
     record = {"root": str(layout.root), "side": side, "class_names": layout.class_names,
               "labels": [f.label for f in files], "splits": bounds, "bad_rows": bad_rows,
               "bad": [(str(files[row].path), why) for row, why in bad_rows],
-              "seconds": round(time.monotonic() - started, 2), "workers": workers}
+              "seconds": round(time.monotonic() - started, 2), "threads": threads}
     tmp_meta = meta.with_name(f"{meta.name}.{os.getpid()}.tmp")
     tmp_meta.write_text(json.dumps(record))
     os.replace(tmp_meta, meta)

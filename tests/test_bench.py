@@ -82,12 +82,14 @@ def test_image_benchmark_decodes_jpegs_and_trains_resident_and_streamed(tmp_path
 
     from alexnet_exp import bench
 
-    assert bench.main(["images", "--device", "cpu", "--photos", "24", "--arch", "alexnet_cifar", "--width",
-                       "0.25", "--out", str(tmp_path)]) == 0
+    assert bench.main(["images", "--device", "cpu", "--photos", "24", "--decode-files", "70", "--arch",
+                       "alexnet_cifar", "--width", "0.25", "--out", str(tmp_path)]) == 0
     (found,) = tmp_path.glob("bench-images-cpu-*.json")
     result = json.loads(found.read_text())
     assert result["photos"] == 24 and result["jpeg_kb_mean"] > 5  # photo-like files, not flat ones
-    assert result["decode_img_s_one_process"] > 0 and result["decode_img_s_all_cores"] > 0
+    assert result["decode_img_s_one_core"] > 0 and result["decode_img_s_all_cores"] > 0
+    cores = result["cores"]  # 70 files a core: over one chunk of 64, so the all-core build runs threads
+    assert result["decode_files"] == {"one_core": 70, "all_cores": 70 * cores}
     assert result["decode_function_img_s"] > 0
     assert not result["resident"]["streamed"] and result["streamed"]["streamed"]
     assert result["resident"]["train_img_s"] > 0 and result["documents_train_img_s"] > 0

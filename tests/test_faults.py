@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from disks import tmpfs
 from optuna.trial import TrialState
 from sweep_helpers import mlflow_runs, run_sweep, write_config
 from test_workers import study_of
@@ -258,17 +259,10 @@ def test_a_resume_with_another_sampler_or_pruner_is_recorded(tmp_path, monkeypat
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """An 8 MB tmpfs for sweeps/ (the issue's own setup). Needs the right to mount (root, CAP_SYS_ADMIN)."""
-    import shutil
-
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)],
-                                                       capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN)")
-    (tmp_path / "sweeps").symlink_to(disk)
-    yield disk
-    subprocess.run(["umount", "-l", str(disk)], check=False)
+    """An 8 MB tmpfs for sweeps/ (the issue's own setup)."""
+    with tmpfs(tmp_path / "disk", "8m") as disk:
+        (tmp_path / "sweeps").symlink_to(disk)
+        yield disk
 
 
 def _fill(disk):

@@ -1,17 +1,20 @@
 """Folders of real image files (PIL-encoded JPEG, PNG, WebP, GIF, BMP, odd modes, broken files) as datasets."""
 import multiprocessing as mp
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from disks import tmpfs
 from PIL import Image
 from waits import STALL_S
 
 from alexnet_exp.data import DataError, load_dataset
 from alexnet_exp.image_decode import decode
-from alexnet_exp.imagefolder import load_folder_cache, scan
+from alexnet_exp.imagefolder import FolderError, load_folder_cache, scan
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (40, 50, 230)}
 
@@ -147,6 +150,40 @@ def test_the_square_is_the_resized_image_cropped_without_computing_the_crop(tmp_
     assert why is None and np.abs(square.astype(int) - expected).max() <= 1
 
 
+def _smooth_photo(size, seed):
+    """Smooth random colour (detail at every scale a resize keeps), as a photo has."""
+    rng = np.random.default_rng(seed)
+    coarse = Image.fromarray(rng.integers(0, 256, (size[1] // 8 + 1, size[0] // 8 + 1, 3), dtype=np.uint8))
+    return coarse.resize(size, Image.Resampling.BICUBIC)
+
+
+def _resized_then_cropped(img, side):
+    """The reference: PIL's decode, its bilinear resize of the whole image, the central square."""
+    img = img.convert("RGB")
+    w, h = img.size
+    scale = side / min(w, h)
+    new = (max(side, round(w * scale)), max(side, round(h * scale)))
+    left, top = (new[0] - side) // 2, (new[1] - side) // 2
+    resized = img.resize(new, Image.Resampling.BILINEAR)
+    return np.asarray(resized.crop((left, top, left + side, top + side))).transpose(2, 0, 1).astype(int)
+
+
+@pytest.mark.parametrize("size, mode, side", [((500, 375), "RGB", 256), ((375, 500), "RGB", 256),
+                                             ((90, 70), "L", 64), ((640, 480), "RGB", 64), ((600, 301), "RGB", 32),
+                                             ((50, 40), "RGB", 64)])
+def test_a_plain_jpeg_decodes_to_what_pil_decodes_and_resizes(tmp_path, size, mode, side):
+    """A plain JPEG is decoded by simplejpeg, not PIL (faster): the same libjpeg-turbo, the same pixels; at
+    least twice the side, the same shrink in the DCT as PIL's draft (1/4 for 640 x 480 to 64, 1/8 to 32);
+    smaller than the side, enlarged."""
+    path = tmp_path / "photo.jpg"
+    _smooth_photo(size, seed=size[0]).convert(mode).save(path, "JPEG", quality=90)
+    with Image.open(path) as img:
+        img.draft("RGB", (side, side))
+        expected = _resized_then_cropped(img, side)
+    square, why = decode(str(path), side)
+    assert why is None and np.abs(square.astype(int) - expected).max() <= 1
+
+
 def _broken_folder(root):
     write_folder(root, per_class=4)
     (root / "red" / "empty.jpg").write_bytes(b"")
@@ -168,6 +205,66 @@ def test_unreadable_files_fail_the_build_listing_them_or_are_skipped_and_counted
     assert len(data.train_y) + len(data.val_y) + len(data.test_y) == 12  # the 12 good images, no zero rows
     assert "3 unreadable image(s)" in capsys.readouterr().err
     assert all(x.float().mean() > 5 for x in torch.cat([data.train_x, data.val_x, data.test_x]))
+
+
+def test_decoding_threads_fill_the_cache_as_one_thread_does(tmp_path, monkeypatch, capsys):
+    """Chunks of 4 files over 2 decoding threads: the same cache, byte for byte, the same unreadable files
+    named, and torch's own thread count as it was before the build."""
+    import alexnet_exp.imagefolder as imagefolder
+
+    root = _broken_folder(tmp_path / "broken")
+    alone = load_folder_cache(root, 16, cache_dir=tmp_path / "alone", bad_images="skip", threads=1)
+    assert "on 1 core(s)" in capsys.readouterr().err
+    monkeypatch.setattr(imagefolder, "_CHUNK", 4)
+    torch_threads = torch.get_num_threads()
+    threaded = load_folder_cache(root, 16, cache_dir=tmp_path / "threaded", bad_images="skip", threads=2)
+    assert "on 2 core(s)" in capsys.readouterr().err and torch.get_num_threads() == torch_threads
+    assert np.array_equal(threaded.images, alone.images) and sorted(threaded.bad) == sorted(alone.bad)
+    assert len(threaded.bad) == 3 and threaded.images.sum() > 0
+
+
+def test_a_cache_folder_that_cannot_be_made_names_the_key_that_moves_it(tmp_path):
+    root = write_folder(tmp_path / "ds", per_class=2)
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(FolderError, match=r"cannot create the image cache folder .*a_file/cache \(Not a directory\); "
+                                          r"set data\.image_cache_dir to a writable folder"):
+        load_folder_cache(root, 16, cache_dir=tmp_path / "a_file" / "cache")
+
+
+def test_a_cache_larger_than_the_free_space_is_refused_before_decoding(tmp_path, capsys):
+    root = write_folder(tmp_path / "ds", per_class=10)  # 30 images x 49 kB at 128 px: 1.5 MB
+    with tmpfs(tmp_path / "disk", "1m") as disk:
+        with pytest.raises(FolderError, match=r"needs 30 images x 0\.05 MB = 0\.00 GB and .* free; free space or "
+                                              r"set data\.image_cache_dir to a larger disk"):
+            load_folder_cache(root, 128, cache_dir=disk / "cache")
+        assert "decoding" not in capsys.readouterr().err and not list((disk / "cache").glob("*.npy"))
+
+
+_FILLED_WHILE_DECODING = """
+import collections, sys
+import alexnet_exp.imagefolder as imagefolder
+Usage = collections.namedtuple("Usage", "total used free")
+class SpaceTakenAfterTheCheck:  # another writer fills the disk once the check has passed: the check sees it empty
+    disk_usage = staticmethod(lambda path: Usage(10**15, 0, 10**15))
+imagefolder.shutil = SpaceTakenAfterTheCheck
+try:
+    imagefolder.load_folder_cache(sys.argv[1], 128, cache_dir=sys.argv[2], threads=2)
+except imagefolder.FolderError as exc:
+    print(exc)
+"""
+
+
+def test_a_disk_that_fills_while_decoding_is_an_error_naming_the_fix_not_a_crash(tmp_path):
+    """Written through a memory map, the first row past the end of the disk killed the build with SIGBUS
+    (exit 135), its temporary file left filling the disk."""
+    root = write_folder(tmp_path / "ds", per_class=10)
+    with tmpfs(tmp_path / "disk", "1m") as disk:
+        done = subprocess.run([sys.executable, "-c", _FILLED_WHILE_DECODING, str(root), str(disk / "cache")],
+                              capture_output=True, text=True, timeout=STALL_S)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "cannot write the image cache" in done.stdout and "No space left on device" in done.stdout
+        assert "set data.image_cache_dir to a larger disk" in done.stdout
+        assert list((disk / "cache").iterdir()) == [next((disk / "cache").glob("*.lock"))]  # no .npy, no .tmp
 
 
 def test_the_cache_is_reused_and_rebuilt_when_a_file_changes(tmp_path, capsys):
@@ -195,7 +292,7 @@ def _load_in_process(root, cache_dir, log_dir, results):
     import sys
 
     sys.stderr = open(log_dir / f"{os.getpid()}.log", "w")  # what this process said: did it decode?
-    cache = load_folder_cache(root, 16, cache_dir=cache_dir, workers=1)
+    cache = load_folder_cache(root, 16, cache_dir=cache_dir, threads=1)
     results.put((str(cache.path), int(cache.images.sum())))
     sys.stderr.close()
 

@@ -17,6 +17,7 @@ import threading
 import time
 from typing import Callable, Optional
 
+from ..cores import usable_cores
 from . import keys
 
 REPLACEMENTS_PER_WORKER = 3  # a worker that keeps dying is a bug, not bad luck: stop replacing it
@@ -33,7 +34,7 @@ def worker_env(index: int, gpus: list[str], n_workers: int) -> dict[str, str]:
         env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]  # one process sees one GPU, round-robin
     else:
         # CPU workers share the cores instead of each starting a thread per core.
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // n_workers))
+        env["OMP_NUM_THREADS"] = str(max(1, usable_cores() // n_workers))
     return env
 
 
