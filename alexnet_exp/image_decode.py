@@ -1,18 +1,18 @@
 """Decode one image file into the uint8 square every trial trains on: the paper's preprocessing.
 
-Run by the cache builder's threads (imagefolder.py), a core each: every step below that takes time releases
-the GIL. Any format PIL reads (JPEG, PNG, WebP, BMP, GIF's first frame) and any mode (greyscale, palette,
-CMYK, 16-bit, alpha) ends as RGB; the EXIF orientation is applied first, as a photo viewer would.
+Run by the cache builder's threads (imagefolder.py), a core each: the decoders, torch's resize, the reads and
+the writes release the GIL. Any format PIL reads (JPEG, PNG, WebP, BMP, GIF's first frame) and any mode
+(greyscale, palette, CMYK, 16-bit, alpha) ends as RGB; the EXIF (or XMP) orientation is applied first, as a
+photo viewer would.
 
-Where the time goes, per 500 x 375 JPEG on this project's 2-core VM (benchmarks/RESULTS.md): PIL's decode
-1.8 ms, and its pixels into numpy 0.5 ms more; simplejpeg (the same libjpeg-turbo, straight into numpy) 1.2-1.5
-ms. PIL's antialiased resize to 256 took 1.6-2.0 ms, torch's (vectorised for uint8, channels last) 0.5-0.6 ms.
-So a plain RGB or greyscale JPEG, the common photo, goes simplejpeg -> torch; anything else PIL -> torch, and
-PIL also has the last word on a file simplejpeg refuses.
+Where the time goes, per 500 x 375 JPEG on this project's 2-core VM (benchmarks/RESULTS.md, 2026-12-02):
+PIL's decode 1.8 ms, and its pixels into numpy 0.5 ms more; simplejpeg (the same libjpeg-turbo, straight into
+numpy) 1.2-1.4 ms. PIL's antialiased resize to 256 took 1.6-2.0 ms, torch's (vectorised for uint8, channels
+last) 0.6-0.7 ms. So a plain RGB or greyscale JPEG, the common photo, goes simplejpeg -> torch; anything else
+PIL -> torch, and PIL also has the last word on a file simplejpeg refuses.
 """
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -24,7 +24,7 @@ from PIL import Image, ImageOps
 
 ORIENTATION = 0x0112  # the EXIF tag
 
-# A decompression bomb is an error, not a warning: a 30000 x 30000 PNG would take gigabytes to decode.
+# A decompression bomb is an error, not a warning (_pixels): a 30000 x 30000 PNG would take gigabytes to decode.
 Image.MAX_IMAGE_PIXELS = 200_000_000
 
 
@@ -50,10 +50,24 @@ def center_square(pixels: np.ndarray, side: int) -> np.ndarray:
     scale = side / min(w, h)
     new_w, new_h = max(side, round(w * scale)), max(side, round(h * scale))
     left, top = (new_w - side) // 2, (new_h - side) // 2
+    if max(new_w, new_h) > 2 * side:  # a panorama or a banner: resize only the square (see _square_of)
+        return _square_of(pixels, side, (new_w, new_h), (left, top))
     image = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)  # channels last in memory: the fast kernel
     if (new_w, new_h) != (w, h):
         image = F.interpolate(image, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
     return np.ascontiguousarray(image[0, :, top:top + side, left:left + side].numpy())
+
+
+def _square_of(pixels: np.ndarray, side: int, new: tuple[int, int], corner: tuple[int, int]) -> np.ndarray:
+    """PIL's resize of the source region the square covers (its `box`, fractional): slower per pixel than
+    torch's, but it computes none of the pixels the crop throws away. torch's resize of a 20000 x 20 banner to
+    256 px high would make a 256000-wide image (200 MB) to keep 256 columns of it."""
+    h, w = pixels.shape[:2]
+    x, y = w / new[0], h / new[1]  # source pixels per resized pixel
+    left, top = corner
+    box = (left * x, top * y, (left + side) * x, (top + side) * y)
+    square = Image.fromarray(pixels).resize((side, side), Image.Resampling.BILINEAR, box=box)
+    return np.asarray(square, dtype=np.uint8).transpose(2, 0, 1).copy()
 
 
 def _upright(img: Image.Image) -> Image.Image:
@@ -64,10 +78,13 @@ def _upright(img: Image.Image) -> Image.Image:
     return ImageOps.exif_transpose(img)
 
 
-def _jpeg_without_exif(data: bytes) -> bool:
-    """Whether `data` is a JPEG whose header segments, up to the image data, hold no EXIF block (where an
-    orientation would be): then there is nothing for PIL to read first (its header parse cost 0.2 ms an image).
-    Anything unexpected is False, and PIL reads the header."""
+_ORIENTATION_BLOCKS = (b"Exif\x00\x00", b"http://ns.adobe.com/xap/1.0/\x00")  # APP1: EXIF, and XMP (tiff:Orientation)
+
+
+def _jpeg_without_orientation(data: bytes) -> bool:
+    """Whether `data` is a JPEG whose header segments, up to the image data, hold no EXIF or XMP block (where
+    PIL finds an orientation): then there is nothing for PIL to read first (its header parse cost 0.2 ms an
+    image). Anything unexpected is False, and PIL reads the header."""
     if data[:2] != b"\xff\xd8":
         return False
     at = 2
@@ -77,7 +94,7 @@ def _jpeg_without_exif(data: bytes) -> bool:
             at += 1
         elif marker == 0xDA:  # start of scan: the header is over
             return True
-        elif marker == 0xE1 and data[at + 4:at + 10] == b"Exif\x00\x00":
+        elif marker == 0xE1 and data[at + 4:].startswith(_ORIENTATION_BLOCKS):
             return False
         else:
             at += 2 + int.from_bytes(data[at + 2:at + 4], "big")
@@ -122,12 +139,18 @@ def _pil_pixels(img: Image.Image, side: int) -> np.ndarray:
 
 def _pixels(path: str, side: int) -> np.ndarray:
     data = Path(path).read_bytes()
-    if _jpeg_without_exif(data):  # most photos
+    plain = _jpeg_without_orientation(data)
+    if plain:  # most photos
         pixels = _simplejpeg_pixels(data, side)
         if pixels is not None:
             return pixels
-    with Image.open(path) as img:  # the header: format, mode, size (the bomb check), EXIF; errors name the file
-        if _upright_plain_jpeg(img):
+    with Image.open(path) as img:  # the header: format, mode, size, EXIF; its errors name the file
+        # PIL only warns below twice its limit; a warning filter is not for threads (process-wide, and
+        # catch_warnings restores it under another thread's feet), so the bomb check is made here
+        if img.width * img.height > Image.MAX_IMAGE_PIXELS:
+            raise Image.DecompressionBombError(f"{img.width} x {img.height} pixels, over the limit of "
+                                               f"{Image.MAX_IMAGE_PIXELS} (PIL.Image.MAX_IMAGE_PIXELS)")
+        if not plain and _upright_plain_jpeg(img):  # EXIF or XMP, nothing to turn
             pixels = _simplejpeg_pixels(data, side)
             if pixels is not None:
                 return pixels
@@ -137,10 +160,7 @@ def _pixels(path: str, side: int) -> np.ndarray:
 def decode(path: str, side: int) -> tuple[Optional[np.ndarray], Optional[str]]:
     """(uint8 array (3, side, side), None), or (None, why) for a file that is not a readable image."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            pixels = _pixels(path, side)
-        return center_square(pixels, side), None
+        return center_square(_pixels(path, side), side), None
     except Exception as exc:  # PIL raises many types for broken files; each is a bad image, named by the caller
         return None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
@@ -149,8 +169,8 @@ def decode_into(cache, rows: list[tuple[int, str]], side: int) -> list[tuple[int
     """Decode `rows` ((row, file) pairs) into those rows of `cache` (imagefolder.RowWriter, the file being
     built); returns the (row, why) of the files that are not readable images (their rows stay zero).
 
-    No flush here: a synchronous write-back per chunk kept the decoder waiting on the disk for about a third
-    of its time; the builder syncs the file once, before it is put in place (imagefolder._build)."""
+    No sync here: the builder syncs the file once, before it is put in place (imagefolder._build); a write-back
+    per chunk kept the decoder waiting on the disk for about a third of its time."""
     bad = []
     for row, path in rows:
         image, why = decode(path, side)

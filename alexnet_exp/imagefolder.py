@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from .locks import file_lock
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 SPLIT_FOLDERS = ("train", "val", "test")
 CACHE_FORMAT = 2  # bump when the preprocessing changes: every cache is rebuilt
+_RECORD_BYTES, _RECORD_BYTES_PER_IMAGE = 1 << 20, 64  # room for the .json beside the cache (labels, bad files)
 _CHUNK = 64  # files per decoding task: small enough for a smooth progress bar, large enough to be cheap
 MAX_LISTED_BAD = 20  # bad files named in an error; the rest counted
 
@@ -156,6 +158,16 @@ def _remove_stale(cache_dir: Path, prefix: str, keep: str) -> None:
                 pass
 
 
+def _remove_unfinished(cache_dir: Path, prefix: str) -> None:
+    """The temporary files of builds that were killed (SIGKILL, out of memory, a lost node): each is as large
+    as the cache. Called under the build lock, so no build of this prefix is running."""
+    for unfinished in [*cache_dir.glob(f"{prefix}-*.tmp.npy"), *cache_dir.glob(f"{prefix}-*.json.*.tmp")]:
+        try:
+            unfinished.unlink()
+        except OSError:
+            pass
+
+
 def _read_cache(npy: Path, meta_path: Path, bad_images: str) -> FolderCache:
     meta = json.loads(meta_path.read_text())
     bad = [tuple(b) for b in meta["bad"]]
@@ -188,30 +200,55 @@ def load_folder_cache(root: str | Path, image_size: int, *, cache_dir: Optional[
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise FolderError(f"cannot create the image cache folder {folder} ({exc.strerror}); set "
-                              f"data.image_cache_dir to a writable folder (the image folder may stay read-only)") from None
+                              f"data.image_cache_dir to a writable folder (the image folder may stay read-only)"
+                              ) from None
         with file_lock(folder / f"{prefix}.lock"):
             if not meta.is_file():  # another process may have built it while this one waited
+                _remove_unfinished(folder, prefix)
                 _build(layout, image_size, npy, meta, threads)
                 _remove_stale(folder, prefix, key)
     return _read_cache(npy, meta, bad_images)
 
 
+class CacheStopped(RuntimeError):
+    """A row written after the build stopped (Ctrl-C or an error elsewhere): the decoding thread ends there."""
+
+
 class RowWriter:
     """The cache file being built, written a row at a time with pwrite: a full disk is an OSError here, where a
     memory map's store would kill the process with SIGBUS (and leave its temporary file filling the disk), and
-    no page fault per 4 kB of a fresh file (a fifth of the writing time). pwrite releases the GIL."""
+    no page fault per 4 kB of a fresh file (a fifth of the writing time). pwrite releases the GIL.
+
+    Its descriptor is closed only once no thread is inside a write, and no write starts after `stop`: a thread
+    still decoding when a second Ctrl-C cuts the wait for it short must not write into whatever file is opened
+    next under the same descriptor number."""
 
     def __init__(self, path: Path, shape: tuple[int, int, int, int]):
         header = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)  # a sparse file
         self.offset, self.row_bytes = header.offset, int(np.prod(shape[1:]))
         del header
         self.fd = os.open(path, os.O_WRONLY)
+        self._state = threading.Condition()
+        self._writing, self._stopped = 0, False
 
     def write(self, row: int, image: np.ndarray) -> None:
-        view, at = memoryview(np.ascontiguousarray(image)).cast("B"), self.offset + row * self.row_bytes
-        while view:  # a regular file's pwrite is whole or an error, but the loop costs nothing
-            written = os.pwrite(self.fd, view, at)
-            view, at = view[written:], at + written
+        with self._state:
+            if self._stopped:
+                raise CacheStopped(f"row {row} not written: the build stopped")
+            self._writing += 1
+        try:
+            view, at = memoryview(np.ascontiguousarray(image)).cast("B"), self.offset + row * self.row_bytes
+            while view:  # a regular file's pwrite is whole or an error, but the loop costs nothing
+                written = os.pwrite(self.fd, view, at)
+                view, at = view[written:], at + written
+        finally:
+            with self._state:
+                self._writing -= 1
+                self._state.notify_all()
+
+    def stop(self) -> None:
+        with self._state:
+            self._stopped = True
 
     def sync(self) -> None:
         os.fsync(self.fd)
@@ -220,7 +257,10 @@ class RowWriter:
         return self
 
     def __exit__(self, *exc) -> None:
-        os.close(self.fd)
+        self.stop()
+        with self._state:
+            self._state.wait_for(lambda: self._writing == 0)  # a write takes well under a millisecond
+        os.close(self.fd)  # not reached if another interrupt lands in the wait: the descriptor stays open, unused
 
 
 def _decode_chunks(cache: RowWriter, chunks: list[list[tuple[int, str]]], side: int, threads: int,
@@ -249,7 +289,8 @@ def _decode_chunks(cache: RowWriter, chunks: list[list[tuple[int, str]]], side: 
                 for done in as_completed(futures):
                     bad_rows += done.result()
                     advance(futures[done])
-            except BaseException:  # Ctrl-C or an error: the chunks not started are dropped, not decoded
+            except BaseException:  # Ctrl-C or an error: the running chunks end at their next image, the rest
+                cache.stop()         # are never started
                 for future in futures:
                     future.cancel()
                 raise
@@ -264,7 +305,7 @@ def _build(layout: FolderLayout, side: int, npy: Path, meta: Path, threads: Opti
     tmp = npy.with_name(f"{npy.stem}.{os.getpid()}.tmp.npy")
     size = f"{n} images x {3 * side * side / 1e6:.2f} MB = {n * 3 * side * side / 1e9:.2f} GB"
     free = shutil.disk_usage(npy.parent).free
-    if free < n * 3 * side * side:
+    if free < n * (3 * side * side + _RECORD_BYTES_PER_IMAGE) + _RECORD_BYTES:
         raise FolderError(f"the image cache needs {size} and {npy.parent} has {free / 1e9:.2f} GB free; free "
                           f"space or set data.image_cache_dir to a larger disk")
     rows = [(i, str(f.path)) for i, f in enumerate(files)]
@@ -276,33 +317,39 @@ def _build(layout: FolderLayout, side: int, npy: Path, meta: Path, threads: Opti
           flush=True)
     from tqdm import tqdm
 
+    tmp_meta = meta.with_name(f"{meta.name}.{os.getpid()}.tmp")
     try:
         with RowWriter(tmp, (n, 3, side, side)) as cache, \
                 tqdm(total=n, unit="img", desc="image cache", file=sys.stderr, dynamic_ncols=True,
                      mininterval=1.0) as bar:
             bad_rows = _decode_chunks(cache, chunks, side, threads, bar.update)
             cache.sync()  # on disk before the record that says it is whole
+        tmp_meta.write_text(json.dumps(_record(layout, files, side, sorted(bad_rows), started, threads)))
         os.replace(tmp, npy)
+        os.replace(tmp_meta, meta)  # last: its presence says the cache is whole
     except OSError as exc:  # the disk filled while decoding (another writer), or the folder went read-only
         tmp.unlink(missing_ok=True)
+        tmp_meta.unlink(missing_ok=True)
         raise FolderError(f"cannot write the image cache {tmp} ({size}; {exc.strerror}); free space or set "
                           f"data.image_cache_dir to a larger disk") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
+        tmp_meta.unlink(missing_ok=True)
         raise
+    rate = n / max(time.monotonic() - started, 1e-9)
+    print(f"image cache ready: {n - len(bad_rows)} images ({len(bad_rows)} unreadable) in "
+          f"{time.monotonic() - started:.1f} s, {rate:.0f} images/s", file=sys.stderr, flush=True)
+
+
+def _record(layout: FolderLayout, files: list[ImageFile], side: int, bad_rows: list[tuple[int, str]],
+            started: float, threads: int) -> dict:
+    """The .json beside the cache: what each row is, which split, which files could not be read."""
     bounds, start = {}, 0
     for split in SPLIT_FOLDERS:
         if split in layout.splits:
             bounds[split] = (start, start + len(layout.splits[split]))
             start += len(layout.splits[split])
-    bad_rows.sort()
-    record = {"root": str(layout.root), "side": side, "class_names": layout.class_names,
-              "labels": [f.label for f in files], "splits": bounds, "bad_rows": bad_rows,
-              "bad": [(str(files[row].path), why) for row, why in bad_rows],
-              "seconds": round(time.monotonic() - started, 2), "threads": threads}
-    tmp_meta = meta.with_name(f"{meta.name}.{os.getpid()}.tmp")
-    tmp_meta.write_text(json.dumps(record))
-    os.replace(tmp_meta, meta)
-    rate = n / max(time.monotonic() - started, 1e-9)
-    print(f"image cache ready: {n - len(bad_rows)} images ({len(bad_rows)} unreadable) in "
-          f"{time.monotonic() - started:.1f} s, {rate:.0f} images/s", file=sys.stderr, flush=True)
+    return {"root": str(layout.root), "side": side, "class_names": layout.class_names,
+            "labels": [f.label for f in files], "splits": bounds, "bad_rows": bad_rows,
+            "bad": [(str(files[row].path), why) for row, why in bad_rows],
+            "seconds": round(time.monotonic() - started, 2), "threads": threads}

@@ -131,10 +131,11 @@ def test_a_square_is_the_centre_of_the_shorter_side_resized(tmp_path):
     assert square.shape == (3, 20, 20) and square.min() > 220 and square[:, :, 2:-2].min() == 255
 
 
-@pytest.mark.parametrize("size", [(500, 375), (375, 500), (333, 257), (64, 48)])
-def test_the_square_is_the_resized_image_cropped_without_computing_the_crop(tmp_path, size):
-    """decode resizes only the region its square covers (one resize with a box): the same pixels, within 1 of
-    255 (rounding), as resizing the whole image and cropping its centre, as torchvision's Resize + CenterCrop."""
+@pytest.mark.parametrize("size", [(500, 375), (375, 500), (333, 257), (64, 48), (1000, 40), (30, 900)])
+def test_the_square_is_the_resized_image_cropped(tmp_path, size):
+    """The same pixels, within 1 of 255 (rounding), as resizing the whole image and cropping its centre, as
+    torchvision's Resize + CenterCrop: torch's resize of a photo, PIL's of only the region the square covers
+    for a panorama or a banner (1000 x 40, 30 x 900)."""
     rng = np.random.default_rng(sum(size))
     coarse = Image.fromarray(rng.integers(0, 256, (size[1] // 8 + 1, size[0] // 8 + 1, 3), dtype=np.uint8))
     coarse.resize(size, Image.Resampling.BICUBIC).save(tmp_path / "photo.png")
@@ -171,10 +172,16 @@ def _resized_then_cropped(img, side):
 @pytest.mark.parametrize("size, mode, side", [((500, 375), "RGB", 256), ((375, 500), "RGB", 256),
                                              ((90, 70), "L", 64), ((640, 480), "RGB", 64), ((600, 301), "RGB", 32),
                                              ((50, 40), "RGB", 64)])
-def test_a_plain_jpeg_decodes_to_what_pil_decodes_and_resizes(tmp_path, size, mode, side):
+def test_a_plain_jpeg_decodes_to_what_pil_decodes_and_resizes(tmp_path, monkeypatch, size, mode, side):
     """A plain JPEG is decoded by simplejpeg, not PIL (faster): the same libjpeg-turbo, the same pixels; at
     least twice the side, the same shrink in the DCT as PIL's draft (1/4 for 640 x 480 to 64, 1/8 to 32);
     smaller than the side, enlarged."""
+    from alexnet_exp import image_decode
+
+    def not_pil(img, side):
+        raise AssertionError("a plain JPEG went to PIL's decoder")
+
+    monkeypatch.setattr(image_decode, "_pil_pixels", not_pil)
     path = tmp_path / "photo.jpg"
     _smooth_photo(size, seed=size[0]).convert(mode).save(path, "JPEG", quality=90)
     with Image.open(path) as img:
@@ -182,6 +189,45 @@ def test_a_plain_jpeg_decodes_to_what_pil_decodes_and_resizes(tmp_path, size, mo
         expected = _resized_then_cropped(img, side)
     square, why = decode(str(path), side)
     assert why is None and np.abs(square.astype(int) - expected).max() <= 1
+
+
+def test_an_orientation_in_xmp_turns_the_image_as_one_in_exif(tmp_path):
+    """PIL reads tiff:Orientation from an XMP block when there is no EXIF; the fast path must not skip it."""
+    top_red = np.zeros((40, 60, 3), np.uint8)
+    top_red[:20] = (255, 0, 0)
+    top_red[20:] = (0, 0, 255)
+    xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+           b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="3"/></rdf:RDF>'
+           b'</x:xmpmeta>')
+    Image.fromarray(top_red).save(tmp_path / "xmp.jpg", "JPEG", quality=95, xmp=xmp)
+    with Image.open(tmp_path / "xmp.jpg") as img:
+        assert img.getexif().get(0x0112) == 3  # what PIL makes of it
+    square, why = decode(str(tmp_path / "xmp.jpg"), 20)
+    assert why is None and square[2, 2].mean() > 180 and square[0, 2].mean() < 80  # turned: blue on top
+
+
+def test_a_decompression_bomb_is_refused_on_every_thread_and_the_warning_filters_stay(tmp_path, monkeypatch):
+    """A warning filter for the bomb check is process-wide, and catch_warnings restored it under other
+    threads' feet: an image over the limit was accepted now and then, and the filter leaked after the build."""
+    import warnings
+
+    from PIL import Image as PILImage
+
+    import alexnet_exp.imagefolder as imagefolder
+
+    root = write_folder(tmp_path / "ds", per_class=8, size=(50, 40))  # 2,000 pixels each
+    photo((0, 0, 0)).resize((80, 40)).save(root / "red" / "big.jpg")  # 3,200: over the limit, under twice it
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 2_500)
+    monkeypatch.setattr(imagefolder, "_CHUNK", 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)  # PIL's own warning, not the test's
+        filters = list(warnings.filters)
+        for attempt in range(3):
+            cache = load_folder_cache(root, 16, cache_dir=tmp_path / f"cache{attempt}", bad_images="skip",
+                                      threads=2)
+            assert [Path(f).name for f, _ in cache.bad] == ["big.jpg"]
+            assert "DecompressionBombError" in cache.bad[0][1]
+            assert warnings.filters == filters
 
 
 def _broken_folder(root):
@@ -209,16 +255,26 @@ def test_unreadable_files_fail_the_build_listing_them_or_are_skipped_and_counted
 
 def test_decoding_threads_fill_the_cache_as_one_thread_does(tmp_path, monkeypatch, capsys):
     """Chunks of 4 files over 2 decoding threads: the same cache, byte for byte, the same unreadable files
-    named, and torch's own thread count as it was before the build."""
+    named; torch runs one thread of its own in each, and its count is restored after the build."""
     import alexnet_exp.imagefolder as imagefolder
 
     root = _broken_folder(tmp_path / "broken")
     alone = load_folder_cache(root, 16, cache_dir=tmp_path / "alone", bad_images="skip", threads=1)
     assert "on 1 core(s)" in capsys.readouterr().err
     monkeypatch.setattr(imagefolder, "_CHUNK", 4)
-    torch_threads = torch.get_num_threads()
+    from alexnet_exp import image_decode
+
+    seen, real_decode = set(), image_decode.decode
+
+    def decode_seeing_torchs_threads(path, side):
+        seen.add(torch.get_num_threads())
+        return real_decode(path, side)
+
+    monkeypatch.setattr(image_decode, "decode", decode_seeing_torchs_threads)
+    torch.set_num_threads(2)  # restored by conftest's setting below
     threaded = load_folder_cache(root, 16, cache_dir=tmp_path / "threaded", bad_images="skip", threads=2)
-    assert "on 2 core(s)" in capsys.readouterr().err and torch.get_num_threads() == torch_threads
+    assert "on 2 core(s)" in capsys.readouterr().err and torch.get_num_threads() == 2 and seen == {1}
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
     assert np.array_equal(threaded.images, alone.images) and sorted(threaded.bad) == sorted(alone.bad)
     assert len(threaded.bad) == 3 and threaded.images.sum() > 0
 
@@ -247,6 +303,7 @@ Usage = collections.namedtuple("Usage", "total used free")
 class SpaceTakenAfterTheCheck:  # another writer fills the disk once the check has passed: the check sees it empty
     disk_usage = staticmethod(lambda path: Usage(10**15, 0, 10**15))
 imagefolder.shutil = SpaceTakenAfterTheCheck
+imagefolder._CHUNK = 4  # several chunks: the threads' path
 try:
     imagefolder.load_folder_cache(sys.argv[1], 128, cache_dir=sys.argv[2], threads=2)
 except imagefolder.FolderError as exc:
@@ -265,6 +322,53 @@ def test_a_disk_that_fills_while_decoding_is_an_error_naming_the_fix_not_a_crash
         assert "cannot write the image cache" in done.stdout and "No space left on device" in done.stdout
         assert "set data.image_cache_dir to a larger disk" in done.stdout
         assert list((disk / "cache").iterdir()) == [next((disk / "cache").glob("*.lock"))]  # no .npy, no .tmp
+
+
+_KILLED_MID_BUILD = """
+import sys, threading
+import alexnet_exp.image_decode as image_decode
+from alexnet_exp.imagefolder import load_folder_cache
+
+def decode_then_hang(cache, rows, side):  # as a build killed mid-way: the temporary file half written
+    print("decoding", flush=True)
+    threading.Event().wait()
+
+image_decode.decode_into = decode_then_hang
+load_folder_cache(sys.argv[1], 16, cache_dir=sys.argv[2], threads=1)
+"""
+
+
+def test_a_killed_builds_temporary_file_is_removed_by_the_next_build(tmp_path):
+    """SIGKILL (out of memory, a lost node) leaves a temporary file as large as the cache; the next build, under
+    the lock, removes it."""
+    root, cache_dir = write_folder(tmp_path / "ds", per_class=2), tmp_path / "cache"
+    child = subprocess.Popen([sys.executable, "-c", _KILLED_MID_BUILD, str(root), str(cache_dir)],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert child.stdout.readline().strip() == "decoding"
+    finally:
+        child.kill()
+        child.wait(timeout=STALL_S)
+    (left,) = cache_dir.glob("*.tmp.npy")
+    cache = load_folder_cache(root, 16, cache_dir=cache_dir)
+    assert not left.exists() and not list(cache_dir.glob("*.tmp*")) and cache.images.sum() > 0
+
+
+def test_no_row_is_written_once_the_build_stopped(tmp_path):
+    """After Ctrl-C a decoding thread may still be on its image: its write is refused, and the descriptor is
+    closed only when no write is under way (a second Ctrl-C could otherwise let a thread write into the next
+    file opened under the same number)."""
+    from alexnet_exp.imagefolder import CacheStopped, RowWriter
+
+    with RowWriter(tmp_path / "cache.npy", (2, 3, 4, 4)) as writer:
+        writer.write(0, np.full((3, 4, 4), 7, np.uint8))
+        writer.stop()
+        with pytest.raises(CacheStopped, match="row 1 not written"):
+            writer.write(1, np.full((3, 4, 4), 9, np.uint8))
+    rows = np.load(tmp_path / "cache.npy")
+    assert (rows[0] == 7).all() and (rows[1] == 0).all()
+    with pytest.raises(OSError):
+        os.fstat(writer.fd)  # closed
 
 
 def test_the_cache_is_reused_and_rebuilt_when_a_file_changes(tmp_path, capsys):
