@@ -268,8 +268,9 @@ def _decode_chunks(cache: RowWriter, chunks: list[list[tuple[int, str]]], side: 
     """Decode every chunk into the cache file; returns the (row, why) of the unreadable files.
 
     Threads of this process, not processes: the decoding (simplejpeg or PIL), the resize (torch), the reads
-    and the copies release the GIL, which a photo holds for about 7% of its time. A decoding process would
-    first import torch, 3 CPU-seconds and 0.3 GB each, which this process has done already."""
+    and the writes release the GIL, which a photo holds for under 10% of its time (about 10 cores' worth of
+    threads, benchmarks/RESULTS.md). A decoding process would first import torch, 3 CPU-seconds and 0.3 GB
+    each, which this process has done already."""
     import torch
 
     from .image_decode import decode_into
